@@ -1,0 +1,5 @@
+import sys
+
+from matryoshka_st.cli import main
+
+sys.exit(main())

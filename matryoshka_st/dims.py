@@ -1,0 +1,127 @@
+"""Nested dimension schedules: defaults, validation, and truncate + renormalise.
+
+sentence-transformers truncates (``encode(truncate_dim=...)``) but has no shared helper that validates a whole
+schedule against a model or that renormalises after cutting; that is what this module adds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+MIN_DEFAULT_DIM = 32
+
+
+def default_dims(full_dim: int, min_dim: int = MIN_DEFAULT_DIM) -> list[int]:
+    """The full dimension followed by the powers of two below it, down to ``min_dim``.
+
+    Example:
+        >>> default_dims(384)
+        [384, 256, 128, 64, 32]
+        >>> default_dims(768, min_dim=64)
+        [768, 512, 256, 128, 64]
+    """
+    if full_dim < 1:
+        raise ValueError(f"full_dim must be a positive integer, got {full_dim!r}.")
+    dims = [full_dim]
+    power = 1 << (full_dim.bit_length() - 1)
+    if power == full_dim:
+        power //= 2
+    while power >= min_dim:
+        dims.append(power)
+        power //= 2
+    return dims
+
+
+def full_embedding_dim(model: SentenceTransformer) -> int | None:
+    """The model's untruncated output dimension, ignoring any ``truncate_dim`` set on the model.
+
+    ``SentenceTransformer.get_embedding_dimension`` reports the truncated size, but the training forward pass
+    never truncates, so a loss must validate its dims against the real output size.
+    """
+    truncate_dim = getattr(model, "truncate_dim", None)
+    try:
+        model.truncate_dim = None
+        return model.get_embedding_dimension()
+    finally:
+        model.truncate_dim = truncate_dim
+
+
+def validate_dims(
+    dims: Sequence[int],
+    full_dim: int | None = None,
+    weights: Sequence[float] | None = None,
+) -> tuple[list[int], list[float]]:
+    """Check a dimension schedule (and its weights) and return them sorted from largest to smallest dim.
+
+    Raises:
+        ValueError: on an empty list, non-integers, values < 1, duplicates, dims larger than ``full_dim``,
+            or weights that are not one non-negative number per dim (and not all zero).
+    """
+    if dims is None or len(dims) == 0:
+        raise ValueError("matryoshka_dims is empty: pass at least one dimension, e.g. [384, 256, 128, 64, 32].")
+    bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, Integral)]
+    if bad:
+        raise ValueError(f"matryoshka_dims must be integers, got {bad!r} in {list(dims)!r}.")
+    dims = [int(d) for d in dims]
+    non_positive = [d for d in dims if d < 1]
+    if non_positive:
+        raise ValueError(f"matryoshka_dims must be positive, got {non_positive!r} in {dims!r}.")
+    duplicates = sorted({d for d in dims if dims.count(d) > 1})
+    if duplicates:
+        raise ValueError(f"matryoshka_dims has duplicates {duplicates!r} in {dims!r}: list each dimension once.")
+    if full_dim is not None:
+        too_large = [d for d in dims if d > full_dim]
+        if too_large:
+            raise ValueError(
+                f"matryoshka_dims {too_large!r} exceed the model's embedding dimension {full_dim}: "
+                f"use dims <= {full_dim}, e.g. {default_dims(full_dim)!r}."
+            )
+        if full_dim not in dims:
+            logger.warning(
+                "The model's full dimension %d is not in matryoshka_dims %r, so the untruncated embedding is not "
+                "trained. Add %d unless you will always serve truncated embeddings.",
+                full_dim,
+                dims,
+                full_dim,
+            )
+    if weights is None:
+        weights = [1.0] * len(dims)
+    else:
+        if len(weights) != len(dims):
+            raise ValueError(
+                f"matryoshka_weights has {len(weights)} values but matryoshka_dims has {len(dims)}: "
+                "give one weight per dimension."
+            )
+        bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, Real) or not np.isfinite(w) or w < 0]
+        if bad:
+            raise ValueError(f"matryoshka_weights must be finite and >= 0, got {bad!r} in {list(weights)!r}.")
+        if not any(weights):
+            raise ValueError("matryoshka_weights are all zero: at least one dimension must carry weight.")
+        weights = [float(w) for w in weights]
+    pairs = sorted(zip(dims, weights), key=lambda pair: pair[0], reverse=True)
+    return [d for d, _ in pairs], [w for _, w in pairs]
+
+
+def truncate(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+    """Keep the first ``dim`` coordinates and L2-renormalise: ``(..., D) -> (..., dim)``."""
+    if dim > embeddings.shape[-1]:
+        raise ValueError(f"Cannot truncate embeddings of dimension {embeddings.shape[-1]} to {dim}.")
+    return F.normalize(embeddings[..., :dim], p=2, dim=-1)
+
+
+def truncate_numpy(embeddings: np.ndarray, dim: int) -> np.ndarray:
+    """:func:`truncate` for numpy arrays, e.g. stored embeddings: ``(N, D) -> (N, dim)``, unit length rows."""
+    if dim > embeddings.shape[-1]:
+        raise ValueError(f"Cannot truncate embeddings of dimension {embeddings.shape[-1]} to {dim}.")
+    cut = np.asarray(embeddings[..., :dim], dtype=np.float32)
+    norms = np.linalg.norm(cut, axis=-1, keepdims=True)
+    return cut / np.maximum(norms, 1e-12)

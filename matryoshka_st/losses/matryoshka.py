@@ -1,0 +1,367 @@
+"""The Matryoshka loss adapter: one encoder pass, the inner loss re-applied at every nested dimension.
+
+Written here rather than reused from sentence-transformers because its ``MatryoshkaLoss`` patches
+``model.forward`` on every step, crashes on losses with a learned head, only truncates (does not renormalise)
+distillation targets, refuses models that have ``truncate_dim`` set, and reports one opaque sum. This adapter
+computes the embeddings once and hands truncated copies to ``compute_loss_from_embeddings``, gives learned heads a
+head per dimension, and returns the per-dimension losses as components that the trainer logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.gradcache import uses_gradient_cache
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from torch import Tensor, nn
+
+from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
+from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
+
+logger = logging.getLogger(__name__)
+
+
+_MISSING = object()
+
+
+@contextmanager
+def _patched(obj: Any, name: str, value: Any):
+    """Set an instance attribute for the duration of a block, then restore exactly what was there before (another
+    modifier such as ``AdaptiveLayerLoss`` may have patched the same attribute)."""
+    previous = obj.__dict__.get(name, _MISSING)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if previous is _MISSING:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, previous)
+
+
+class _CachedForward:
+    """Replaces ``model.forward`` for losses that only expose ``forward``: the first pass (the largest dim)
+    runs the encoder and keeps its outputs; later passes replay them, truncated to the current dim.
+
+    Calls are matched by order, which is deterministic within one ``loss.forward``.
+    """
+
+    def __init__(self, forward: Callable[[dict[str, Tensor]], dict[str, Tensor]]) -> None:
+        self.forward = forward
+        self.outputs: list[dict[str, Tensor]] = []
+        self.full: list[Tensor] = []
+        self.recording = True
+        self.index = 0
+        self.dim: int | None = None
+
+    def start(self, dim: int) -> None:
+        self.dim = dim
+        self.index = 0
+        self.recording = not self.outputs
+
+    def __call__(self, features: dict[str, Tensor], *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        if self.recording:
+            output = self.forward(features, *args, **kwargs)
+            self.outputs.append(output)
+            self.full.append(output["sentence_embedding"])
+        else:
+            if self.index >= len(self.outputs):
+                raise RuntimeError(
+                    "The inner loss embedded more inputs for a smaller Matryoshka dimension than for the first one; "
+                    "its forward pass is not deterministic in the number of encoder calls."
+                )
+            output = self.outputs[self.index]
+        embedding = self.full[self.index] if not self.recording else output["sentence_embedding"]
+        self.index += 1
+        # A shallow copy: the inner loss may write into the dict, and every dim must start from the full embedding.
+        return {**output, "sentence_embedding": truncate(embedding, self.dim)}
+
+
+class MatryoshkaLoss(nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        loss: nn.Module,
+        matryoshka_dims: Sequence[int] | None = None,
+        matryoshka_weights: Sequence[float] | None = None,
+        n_dims_per_step: int = -1,
+        head_mode: HeadMode = "separate",
+        log_per_dim: bool = True,
+    ) -> None:
+        """Train embeddings that still work when cut to their first ``d`` coordinates, for every ``d`` in
+        ``matryoshka_dims`` (Matryoshka Representation Learning).
+
+        The encoder runs once per step. For each dimension ``d`` the embeddings are truncated to their first ``d``
+        coordinates and L2-renormalised, the inner loss is applied to them, multiplied by the dimension's weight,
+        and the weighted losses are summed. A drop-in replacement for
+        ``sentence_transformers.losses.MatryoshkaLoss`` (same leading arguments), which also:
+
+        - works with losses that hold a learned head (``SoftmaxLoss``): a head per dimension (``head_mode="separate"``,
+          MRL) or one weight matrix sliced per dimension (``head_mode="shared"``, MRL-E);
+        - truncates *and renormalises* teacher embeddings passed as labels (``MSELoss`` distillation), so a
+          student equal to its teacher has zero loss at every dimension;
+        - accepts models loaded with ``truncate_dim`` (training always sees the full embedding);
+        - returns the weighted per-dimension losses as ``{"loss_dim_384": ..., "loss_dim_64": ...}``, which
+          ``SentenceTransformerTrainer`` sums and logs separately, so each nesting level can be watched learning.
+
+        Args:
+            model: the SentenceTransformer being trained.
+            loss: the inner loss, e.g. ``MultipleNegativesRankingLoss(model)``, ``CoSENTLoss(model)``,
+                ``CachedMultipleNegativesRankingLoss(model)`` or ``SoftmaxLoss(model, ...)``.
+            matryoshka_dims: the nested dimensions, e.g. ``[384, 256, 128, 64, 32]``. ``None`` uses the model's full
+                dimension and the powers of two below it down to 32.
+            matryoshka_weights: one non-negative weight per dimension; ``None`` weighs all dimensions 1.
+            n_dims_per_step: train on this many randomly drawn dimensions per step; ``-1`` uses all of them.
+            head_mode: for losses with a ``classifier`` head: ``"separate"`` or ``"shared"``.
+            log_per_dim: return a dict of per-dimension losses (summed and logged by the trainer). Set ``False`` to
+                return one tensor, e.g. when another loss modifier such as ``AdaptiveLayerLoss`` wraps this one.
+
+        References:
+            - Kusupati et al., Matryoshka Representation Learning, https://arxiv.org/abs/2205.13147
+
+        Inputs:
+            +---------------------------------------+--------+
+            | Inputs                                | Labels |
+            +=======================================+========+
+            | any (those of the inner loss)         | any    |
+            +---------------------------------------+--------+
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
+                from matryoshka_st import MatryoshkaLoss
+
+                model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+                train_dataset = Dataset.from_dict({
+                    "anchor": ["It's nice weather outside today.", "He drove to work."],
+                    "positive": ["It's so sunny.", "He took the car to the office."],
+                })
+                loss = MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model), [384, 256, 128, 64, 32])
+                trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss)
+                trainer.train()
+                embeddings = model.encode(["A short vector"], truncate_dim=64)
+        """
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        full_dim = full_embedding_dim(model)
+        if matryoshka_dims is None:
+            if full_dim is None:
+                raise ValueError("The model does not report its embedding dimension: pass matryoshka_dims explicitly.")
+            from matryoshka_st.dims import default_dims
+
+            matryoshka_dims = default_dims(full_dim)
+        self.full_dim = full_dim
+        self.matryoshka_dims, self.matryoshka_weights = validate_dims(matryoshka_dims, full_dim, matryoshka_weights)
+        if isinstance(n_dims_per_step, bool) or not isinstance(n_dims_per_step, int):
+            raise ValueError(f"n_dims_per_step must be an integer, got {n_dims_per_step!r}.")
+        if n_dims_per_step == 0 or n_dims_per_step < -1 or n_dims_per_step > len(self.matryoshka_dims):
+            raise ValueError(
+                f"n_dims_per_step must be -1 (all dims) or between 1 and {len(self.matryoshka_dims)} "
+                f"(the number of matryoshka_dims), got {n_dims_per_step}."
+            )
+        if head_mode not in HEAD_MODES:
+            raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {head_mode!r}.")
+        self.n_dims_per_step = n_dims_per_step
+        self.head_mode = head_mode
+        self.log_per_dim = log_per_dim
+        self.uses_gradient_cache = uses_gradient_cache(loss)
+        self.heads: MatryoshkaHeads | None = None
+        classifier = getattr(loss, "classifier", None)
+        if isinstance(classifier, nn.Linear):
+            if self.uses_gradient_cache:
+                raise ValueError(f"{type(loss).__name__} has both a classifier head and gradient caching: unsupported.")
+            self.heads = MatryoshkaHeads(classifier, full_dim, self.matryoshka_dims, head_mode)
+        self.last_dim_losses: dict[int, float] = {}
+
+    # -- forward paths ---------------------------------------------------------------------------------------------
+    def _active(self) -> list[tuple[int, float]]:
+        pairs = list(zip(self.matryoshka_dims, self.matryoshka_weights))
+        if 0 < self.n_dims_per_step < len(pairs):
+            pairs = sorted(random.sample(pairs, self.n_dims_per_step), key=lambda pair: pair[0], reverse=True)
+        return pairs
+
+    def _dim_labels(self, labels: Any, dim: int) -> Any:
+        # Labels shaped like embeddings (one teacher vector per row, or per column per row) are distillation
+        # targets: cut and renormalise them exactly like the student's embeddings.
+        if (
+            isinstance(labels, Tensor)
+            and labels.is_floating_point()
+            and labels.ndim in (2, 3)
+            and self.full_dim is not None
+            and labels.size(-1) == self.full_dim
+        ):
+            return truncate(labels, dim)
+        return labels
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor | dict[str, Tensor]:
+        sentence_features = list(sentence_features)
+        active = self._active()
+        if self.uses_gradient_cache:
+            losses = self._forward_gradient_cache(sentence_features, labels, active)
+        elif hasattr(self.loss, "compute_loss_from_embeddings") and self.heads is None:
+            embeddings = embed_columns(self.model, sentence_features)  # one (B, D) tensor per column
+            losses = {
+                dim: weight
+                * self.loss.compute_loss_from_embeddings(
+                    [truncate(embedding, dim) for embedding in embeddings], self._dim_labels(labels, dim)
+                )
+                for dim, weight in active
+            }
+        else:
+            losses = self._forward_replay(sentence_features, labels, active)
+        self.last_dim_losses = {dim: float(value.detach()) for dim, value in losses.items()}
+        if self.log_per_dim:
+            return {f"loss_dim_{dim}": value for dim, value in losses.items()}
+        return torch.stack(list(losses.values())).sum()
+
+    def _forward_replay(
+        self, sentence_features: list[dict[str, Tensor]], labels: Any, active: list[tuple[int, float]]
+    ) -> dict[int, Tensor]:
+        """Fallback for losses without ``compute_loss_from_embeddings``: ``model.forward`` is replaced for the
+        duration of this call so that only the first (largest) dimension runs the encoder."""
+        cached = _CachedForward(self.model.forward)
+        losses = {}
+        with _patched(self.model, "forward", cached):
+            for dim, weight in active:
+                cached.start(dim)
+                with self._head(dim):
+                    losses[dim] = weight * self.loss(sentence_features, self._dim_labels(labels, dim))
+        return losses
+
+    @contextmanager
+    def _head(self, dim: int):
+        if self.heads is None:
+            yield
+            return
+        original = self.loss.classifier
+        self.loss.classifier = self.heads.head(dim)
+        try:
+            yield
+        finally:
+            self.loss.classifier = original
+
+    def _forward_gradient_cache(
+        self, sentence_features: list[dict[str, Tensor]], labels: Any, active: list[tuple[int, float]]
+    ) -> dict[int, Tensor]:
+        """For GradCache losses (``Cached*``): their ``calculate_loss`` sees every mini-batch's embeddings at once,
+        so it is wrapped, for this call only, to run at each dimension. The gradients of all dims are pushed
+        through the truncation in one backward call."""
+        calculate_loss = self.loss.calculate_loss
+        per_dim: dict[int, Tensor] = {}
+
+        def matryoshka_calculate_loss(reps: list[list[Tensor]], *args: Any, with_backward: bool = False, **kwargs):
+            truncated_all, grads_all = [], []
+            total = 0.0
+            for dim, weight in active:
+                truncated = [[truncate(rep, dim) for rep in column] for column in reps]
+                if with_backward:
+                    leaves = [[rep.detach().requires_grad_() for rep in column] for column in truncated]
+                    value = calculate_loss(leaves, *args, with_backward=True, **kwargs)
+                    for column, leaf_column in zip(truncated, leaves):
+                        for rep, leaf in zip(column, leaf_column):
+                            if leaf.grad is not None:
+                                truncated_all.append(rep)
+                                grads_all.append(leaf.grad * weight)
+                else:
+                    value = calculate_loss(truncated, *args, **kwargs)
+                per_dim[dim] = weight * value
+                total = total + weight * value
+            if truncated_all:
+                torch.autograd.backward(truncated_all, grads_all)
+            return total.detach() if with_backward else total
+
+        with _patched(self.loss, "calculate_loss", matryoshka_calculate_loss):
+            total = self.loss(sentence_features, labels)
+        # `total` carries the GradCache backward hook: route the gradient through the first component and give the
+        # others their detached values, so that the components still sum to the total.
+        first, *rest = per_dim
+        losses = {first: total - sum(per_dim[dim].detach() for dim in rest)}
+        losses.update({dim: per_dim[dim].detach() for dim in rest})
+        return losses
+
+    # -- sentence-transformers loss contract ---------------------------------------------------------------------
+    def get_config_dict(self) -> dict[str, Any]:
+        config = {
+            "loss": type(self.loss).__name__,
+            "matryoshka_dims": list(self.matryoshka_dims),
+            "matryoshka_weights": list(self.matryoshka_weights),
+            "n_dims_per_step": self.n_dims_per_step,
+        }
+        if self.heads is not None:
+            config["head_mode"] = self.head_mode
+        return config
+
+    def save_heads(self, path: str) -> None:
+        """Save the per-dimension heads (if the inner loss has a classifier) into the folder ``path``."""
+        if self.heads is None:
+            raise ValueError(f"{type(self.loss).__name__} has no classifier head to save.")
+        self.heads.save(path)
+
+    def load_heads(self, path: str) -> None:
+        """Load heads saved by :meth:`save_heads` into this loss (and its inner loss's full-dim classifier)."""
+        if self.heads is None:
+            raise ValueError(f"{type(self.loss).__name__} has no classifier head to load into.")
+        loaded = MatryoshkaHeads.load(path, device=self.heads.full.weight.device)
+        if loaded.get_config_dict() != self.heads.get_config_dict():
+            raise ValueError(
+                f"The heads in {path!r} were saved for {loaded.get_config_dict()}, "
+                f"but this loss has {self.heads.get_config_dict()}."
+            )
+        self.heads.load_state_dict(loaded.state_dict())
+
+    @property
+    def citation(self) -> str:
+        return """
+@misc{kusupati2024matryoshka,
+    title={Matryoshka Representation Learning},
+    author={Aditya Kusupati and Gantavya Bhatt and Aniket Rege and Matthew Wallingford and Aditya Sinha and Vivek Ramanujan and William Howard-Snyder and Kaifeng Chen and Sham Kakade and Prateek Jain and Ali Farhadi},
+    year={2024},
+    eprint={2205.13147},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}
+"""
+
+
+def Matryoshka2dLoss(  # noqa: N802 - mirrors sentence_transformers.losses.Matryoshka2dLoss, a class there
+    model: SentenceTransformer,
+    loss: nn.Module,
+    matryoshka_dims: Sequence[int] | None = None,
+    matryoshka_weights: Sequence[float] | None = None,
+    n_layers_per_step: int = 1,
+    n_dims_per_step: int = 1,
+    last_layer_weight: float = 1.0,
+    prior_layers_weight: float = 1.0,
+    kl_div_weight: float = 1.0,
+    kl_temperature: float = 0.3,
+) -> nn.Module:
+    """2D Matryoshka (layers x dims): sentence-transformers' ``AdaptiveLayerLoss`` around this ``MatryoshkaLoss``.
+
+    Example:
+        ::
+
+            loss = Matryoshka2dLoss(model, losses.MultipleNegativesRankingLoss(model), [384, 128, 32])
+    """
+    from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss
+
+    inner = MatryoshkaLoss(
+        model, loss, matryoshka_dims, matryoshka_weights, n_dims_per_step=n_dims_per_step, log_per_dim=False
+    )
+    return AdaptiveLayerLoss(
+        model,
+        inner,
+        n_layers_per_step=n_layers_per_step,
+        last_layer_weight=last_layer_weight,
+        prior_layers_weight=prior_layers_weight,
+        kl_div_weight=kl_div_weight,
+        kl_temperature=kl_temperature,
+    )
