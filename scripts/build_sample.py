@@ -18,7 +18,13 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-SHIPPABLE = {"wordnet-example": 0.35, "wordnet-lemma": 0.25, "jargon": 0.15, "bible-kjv-web": 0.15, "bible-kjv-ylt": 0.1}
+SHIPPABLE = {
+    "wordnet-example": 0.35,
+    "wordnet-lemma": 0.25,
+    "jargon": 0.15,
+    "bible-kjv-web": 0.15,
+    "bible-kjv-ylt": 0.1,
+}
 DATA_DIR = Path(__file__).resolve().parent.parent / "matryoshka_st" / "data"
 
 
@@ -75,7 +81,9 @@ def build_dev(source: Path, out: Path, n_queries: int, n_distractors: int, rng: 
 
 def build_vocab(pairs: list[dict], path: Path, size: int) -> None:
     """A small lowercase WordPiece vocabulary for the tiny test BERT (tests/fixtures/vocab.txt)."""
-    counts = Counter(w for row in pairs for text in (row["anchor"], row["positive"]) for w in re.findall(r"[a-z]+", text.lower()))
+    counts = Counter(
+        w for row in pairs for text in (row["anchor"], row["positive"]) for w in re.findall(r"[a-z]+", text.lower())
+    )
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,;:!?'\"()-")
     pieces = ["##" + c for c in chars[:26]]
@@ -95,7 +103,10 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     pairs = build_pairs(args.source, args.pairs, rng)
-    write_jsonl(args.out / "train_pairs.jsonl.gz", [{"anchor": p["anchor"], "positive": p["positive"], "source": p["source"]} for p in pairs])
+    write_jsonl(
+        args.out / "train_pairs.jsonl.gz",
+        [{"anchor": p["anchor"], "positive": p["positive"], "source": p["source"]} for p in pairs],
+    )
     build_dev(args.source, args.out / "dev_wordnet", args.dev_queries, args.dev_distractors, rng)
     if args.vocab is not None:
         build_vocab(pairs, args.vocab, 3000)

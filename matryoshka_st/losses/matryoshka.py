@@ -19,6 +19,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.gradcache import uses_gradient_cache
 from sentence_transformers.base.losses.merged_forward import embed_columns
+from sentence_transformers.sentence_transformer import losses as st_losses
 from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
@@ -28,6 +29,31 @@ logger = logging.getLogger(__name__)
 
 
 _MISSING = object()
+
+# Losses whose forward is exactly "embed every column, then compute_loss_from_embeddings(embeddings, labels)": for
+# these the embeddings can be computed once and handed over truncated. Other losses, including subclasses that
+# override forward and EmbedDistillLoss/MSELoss (whose forward reshapes the labels first), take the replay path.
+_EMBEDDING_LOSSES = (
+    st_losses.AnglELoss,
+    st_losses.BatchAllTripletLoss,
+    st_losses.BatchHardSoftMarginTripletLoss,
+    st_losses.BatchHardTripletLoss,
+    st_losses.BatchSemiHardTripletLoss,
+    st_losses.CoSENTLoss,
+    st_losses.ContrastiveLoss,
+    st_losses.CosineSimilarityLoss,
+    st_losses.DistillKLDivLoss,
+    st_losses.MarginMSELoss,
+    st_losses.MultipleNegativesRankingLoss,
+    st_losses.MultipleNegativesSymmetricRankingLoss,
+    st_losses.OnlineContrastiveLoss,
+    st_losses.TripletLoss,
+)
+
+
+def _computes_from_embeddings(loss: nn.Module) -> bool:
+    forward = type(loss).forward
+    return any(forward is cls.forward for cls in _EMBEDDING_LOSSES)
 
 
 @contextmanager
@@ -174,11 +200,18 @@ class MatryoshkaLoss(nn.Module):
         self.head_mode = head_mode
         self.log_per_dim = log_per_dim
         self.uses_gradient_cache = uses_gradient_cache(loss)
+        if getattr(loss, "projection", None) is not None:
+            raise ValueError(
+                f"{type(loss).__name__} has a projection_dim: its projection reads full-size student embeddings and "
+                "cannot take truncated ones. Distil into a student of the teacher's dimension instead."
+            )
         self.heads: MatryoshkaHeads | None = None
         classifier = getattr(loss, "classifier", None)
         if isinstance(classifier, nn.Linear):
             if self.uses_gradient_cache:
-                raise ValueError(f"{type(loss).__name__} has both a classifier head and gradient caching: unsupported.")
+                raise ValueError(
+                    f"{type(loss).__name__} has both a classifier head and gradient caching: unsupported."
+                )
             self.heads = MatryoshkaHeads(classifier, full_dim, self.matryoshka_dims, head_mode)
         self.last_dim_losses: dict[int, float] = {}
 
@@ -207,7 +240,7 @@ class MatryoshkaLoss(nn.Module):
         active = self._active()
         if self.uses_gradient_cache:
             losses = self._forward_gradient_cache(sentence_features, labels, active)
-        elif hasattr(self.loss, "compute_loss_from_embeddings") and self.heads is None:
+        elif self.heads is None and _computes_from_embeddings(self.loss):
             embeddings = embed_columns(self.model, sentence_features)  # one (B, D) tensor per column
             losses = {
                 dim: weight
