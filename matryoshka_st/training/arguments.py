@@ -1,0 +1,278 @@
+"""Configuration of ``matryoshka-st train``: dataclasses parsed by ``transformers.HfArgumentParser``.
+
+Four groups: :class:`ModelArguments`, :class:`DataArguments`, :class:`MatryoshkaArguments` and
+:class:`TrainingArguments` (``SentenceTransformerTrainingArguments`` plus ``overwrite_output_dir``, which
+transformers v5 dropped). One YAML or JSON file may hold any of their fields, flat; explicit values (command-line
+flags) override the file. Written here: only the merge order (defaults < embedded default job < file < flags) and
+the default job itself; parsing and type conversion are ``HfArgumentParser``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from sentence_transformers import SentenceTransformerTrainingArguments
+from transformers import HfArgumentParser
+
+from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, SAMPLE_PAIRS
+
+DEFAULT_JOB_OUTPUT_DIR = os.path.join("output", "matryoshka-minilm")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names it and says how to fix it."""
+
+
+@dataclass
+class ModelArguments:
+    """Which model to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local SentenceTransformer/transformers folder or a Hugging Face Hub id. "
+            "Default: the bundled all-MiniLM-L6-v2."
+        },
+    )
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncate inputs to this many tokens. Default: the model's own limit."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+
+@dataclass
+class DataArguments:
+    """Training and evaluation data."""
+
+    train_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "A .jsonl/.json/.csv/.tsv/.parquet file (optionally .gz), a folder of such files, or a Hub "
+            "dataset name. Default (no data given): the shipped sample of pairs, i.e. the embedded default job."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_split: str = field(default="train", metadata={"help": "Split of a Hub dataset to train on."})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "Evaluation data: a file, folder or Hub dataset with the training columns."}
+    )
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split of the (train or eval) Hub dataset to evaluate on, e.g. 'validation'."}
+    )
+    eval_size: float = field(
+        default=0.0,
+        metadata={
+            "help": "Hold out this part of the training data for evaluation: a fraction in (0, 1) or a number of "
+            "rows (>= 1). 0 holds out nothing."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation rows."})
+    column_mapping: Union[dict, str, None] = field(  # noqa: UP007 - HfArgumentParser needs typing.Union here
+        default=None,
+        metadata={
+            "help": 'Rename columns before use, as JSON (\'{"question": "anchor", "answer": "positive"}\') '
+            "or old=new pairs ('question=anchor,answer=positive')."
+        },
+    )
+    eval_retrieval: str | None = field(
+        default=None,
+        metadata={
+            "help": "A retrieval set in BEIR layout (corpus.jsonl, queries.jsonl, qrels/test.tsv) evaluated with "
+            "nDCG@10 at every Matryoshka dim."
+        },
+    )
+    eval_sts: str | None = field(
+        default=None,
+        metadata={"help": "A file with sentence1, sentence2, score columns evaluated (Spearman) at every dim."},
+    )
+
+
+@dataclass
+class MatryoshkaArguments:
+    """The loss, the nested dimensions and how they are evaluated."""
+
+    loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "A sentence-transformers loss class name, e.g. MultipleNegativesRankingLoss. Default: chosen "
+            "from the columns. Always wrapped in MatryoshkaLoss."
+        },
+    )
+    loss_kwargs: Union[dict, str, None] = field(  # noqa: UP007 - HfArgumentParser needs typing.Union here
+        default=None, metadata={"help": 'Keyword arguments of the loss as JSON, e.g. \'{"scale": 30}\'.'}
+    )
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={"help": "Nested dimensions, e.g. 384 256 128 64 32. Default: the full dim and powers of two >= 32."},
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per dimension. Default: 1 each."}
+    )
+    n_dims_per_step: int = field(
+        default=-1, metadata={"help": "Train on this many randomly drawn dims per step; -1 trains on all."}
+    )
+    head_mode: Literal["separate", "shared"] = field(
+        default="separate",
+        metadata={"help": "For losses with a classifier head: a head per dim (MRL) or one sliced head (MRL-E)."},
+    )
+    gather_across_devices: bool = field(
+        default=False,
+        metadata={"help": "Gather in-batch negatives across processes (losses that support it, e.g. MNRL)."},
+    )
+    best_model_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the checkpoint that scores best at this dim (sets metric_for_best_model and "
+            "load_best_model_at_end). Needs an evaluator and matching eval/save strategies."
+        },
+    )
+    recommend_threshold: float = field(
+        default=0.95,
+        metadata={
+            "help": "The recommended truncate_dim written into the model is the smallest dim scoring at least this "
+            "fraction of the full dim's score on the evaluator."
+        },
+    )
+    evaluate_before_training: bool = field(
+        default=True, metadata={"help": "Evaluate the base model at every dim before training, for comparison."}
+    )
+
+
+@dataclass
+class TrainingArguments(SentenceTransformerTrainingArguments):
+    """``SentenceTransformerTrainingArguments`` plus ``overwrite_output_dir``."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train even if output_dir already holds a model or checkpoints: the final model is replaced "
+            "and the old checkpoints are deleted."
+        },
+    )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, MatryoshkaArguments, TrainingArguments)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Build it with :func:`parse_config`."""
+
+    model: ModelArguments
+    data: DataArguments
+    matryoshka: MatryoshkaArguments
+    training: TrainingArguments
+    explicit: frozenset[str] = frozenset()  # the keys set by a file, by flags or by the default job
+    default_job: bool = False  # no training data was given: the bundled model on the shipped sample
+
+
+def build_parser(**kwargs: Any) -> HfArgumentParser:
+    """The ``HfArgumentParser`` of all four argument groups (``kwargs`` go to ``argparse.ArgumentParser``)."""
+    return HfArgumentParser(ARGUMENT_CLASSES, **kwargs)
+
+
+def field_names() -> set[str]:
+    return {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
+
+
+def default_job_settings() -> dict[str, Any]:
+    """The embedded default job: all-MiniLM-L6-v2 on the shipped pairs, a few minutes on two CPU cores.
+
+    It writes to ``output/matryoshka-minilm`` and may replace what an earlier default job left there (the job
+    is deterministic); an explicit ``output_dir`` is protected as usual.
+    """
+    return {
+        "train_data": str(SAMPLE_PAIRS),
+        "max_train_samples": 1600,
+        "eval_retrieval": str(SAMPLE_DEV_RETRIEVAL),
+        "max_seq_length": 64,
+        "output_dir": DEFAULT_JOB_OUTPUT_DIR,
+        "overwrite_output_dir": True,
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 32,
+        "learning_rate": 1e-4,
+        "warmup_steps": 0.1,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "seed": 42,
+        "batch_sampler": "no_duplicates",
+    }
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a flat YAML or JSON mapping of argument names to values.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid YAML/JSON, is not a mapping, or holds keys
+            that are not arguments of ``matryoshka-st train``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist (expected a .yaml, .yml or .json file).")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Cannot read config file {str(path)!r}: {error}.") from error
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.').upper()}: {error}") from error
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"Config file {str(path)!r} must hold a mapping of argument names to values, e.g. "
+            f"'learning_rate: 2.0e-5', not a {type(values).__name__}."
+        )
+    unknown = sorted(set(values) - field_names())
+    if unknown:
+        raise ConfigError(
+            f"Config file {str(path)!r} has unknown keys {unknown}: use the flag names of "
+            "'matryoshka-st train --help' without the leading dashes."
+        )
+    return values
+
+
+def parse_config(
+    overrides: Mapping[str, Any] | None = None, config_file: str | os.PathLike | None = None
+) -> TrainConfig:
+    """Merge defaults, the embedded default job, a config file and explicit values into a :class:`TrainConfig`.
+
+    Args:
+        overrides: argument names to values, e.g. parsed command-line flags; they win over the file.
+        config_file: a flat YAML or JSON file of argument names to values.
+
+    Raises:
+        ConfigError: on a malformed file, an unknown key or a value the dataclasses reject.
+
+    Example:
+        >>> config = parse_config({"train_data": "pairs.jsonl", "output_dir": "out", "max_steps": 100})
+        >>> config.training.max_steps
+        100
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - field_names())
+    if unknown:
+        raise ConfigError(f"Unknown arguments {unknown}: see 'matryoshka-st train --help' for the valid names.")
+    from_file = load_config_file(config_file) if config_file is not None else {}
+    merged = {**from_file, **overrides}
+    default_job = merged.get("train_data") is None
+    if default_job:
+        merged = {**default_job_settings(), **merged}
+    if merged.get("output_dir") is None:
+        model = merged.get("model_name_or_path")
+        name = os.path.basename(os.path.normpath(model)) if model else "all-MiniLM-L6-v2"
+        merged["output_dir"] = os.path.join("output", f"{name}-matryoshka")
+    try:
+        values = build_parser().parse_dict(merged)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"Invalid training arguments: {error}") from error
+    model, data, matryoshka, training = values
+    return TrainConfig(model, data, matryoshka, training, frozenset(merged), default_job)
