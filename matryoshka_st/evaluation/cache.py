@@ -1,0 +1,244 @@
+"""Encode once, evaluate at every dimension and precision.
+
+mteb evaluates one encoder at a time, so evaluating six dimensions naively encodes every text six times. Here an
+:class:`EmbeddingCache` encodes each text once per model at full size (through mteb's own
+``SentenceTransformerEncoderWrapper``, so prompts and ``encode_query``/``encode_document`` are chosen exactly as mteb
+chooses them) and :class:`TruncatedEncoder` views of it are what mteb evaluates: each is an mteb ``EncoderProtocol``
+that returns the cached vectors cut to ``dim``, L2-renormalised, and quantised with sentence-transformers'
+``quantize_embeddings``.
+
+What mteb and sentence-transformers do not provide, and this module adds:
+
+- the text-keyed cache shared by all views of one model;
+- int8 calibration per task: the quantisation ranges come from every text of the task the cache holds (queries and
+  documents alike), so both sides of a comparison share one scale, whichever order mteb encodes them in;
+- binary vectors are scored as their +-1 unpacking, whose cosine similarity ranks exactly as the Hamming distance
+  between the packed bits does.
+
+Example:
+    >>> cache = EmbeddingCache(model, name="local/minilm")
+    >>> encoder = cache.view(dim=128, precision="int8")  # pass to mteb.evaluate
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from mteb.models.abs_encoder import get_prompt_name
+from mteb.models.model_meta import ModelMeta
+from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+from mteb.similarity_functions import cos_sim, pairwise_cos_sim
+from mteb.types import OutputDType
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import quantize_embeddings
+from torch.utils.data import DataLoader
+
+from matryoshka_st.dims import full_embedding_dim, truncate_numpy
+
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.types import Array, PromptType
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "int8", "binary")
+
+
+def bytes_per_vector(dim: int, precision: str) -> int:
+    """Storage of one vector: 4 bytes a coordinate for float32, 1 for int8, 1 bit (rounded up to bytes) for binary.
+
+    Example:
+        >>> [bytes_per_vector(384, p) for p in ("float32", "int8", "binary")]
+        [1536, 384, 48]
+    """
+    check_precisions([precision])
+    return {"float32": 4 * dim, "int8": dim, "binary": math.ceil(dim / 8)}[precision]
+
+
+def check_precisions(precisions: list[str] | tuple[str, ...]) -> list[str]:
+    """The precisions, validated against :data:`PRECISIONS`."""
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ValueError(f"Unknown precision(s) {bad or precisions!r}: use one or more of {list(PRECISIONS)}.")
+    return list(dict.fromkeys(precisions))
+
+
+def model_revision(model: SentenceTransformer) -> str:
+    """A short hash of the model's parameters: retraining into the same folder gives a new revision."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Full-size embeddings of every text one model has encoded, keyed by (prompt type, prompt name, text).
+
+    Args:
+        model: the sentence-transformers model; its ``truncate_dim`` is ignored (the cache always holds full size).
+        name: the model name for mteb's results, ``organization/model`` (mteb requires the slash).
+        revision: the model revision for mteb's results; defaults to :func:`model_revision`.
+
+    Attributes:
+        num_encoded: how many texts were passed to the model so far (each unique text once).
+        num_calls: how many times the model was asked to encode.
+    """
+
+    def __init__(self, model: SentenceTransformer, name: str, revision: str | None = None) -> None:
+        if "/" not in name:
+            raise ValueError(f"Model name {name!r} must look like 'organization/model', as mteb requires.")
+        if getattr(model, "truncate_dim", None) is not None:
+            model = copy.copy(model)
+            model.truncate_dim = None
+        self.encoder = SentenceTransformerEncoderWrapper(model)
+        self.full_dim = full_embedding_dim(model)
+        if self.full_dim is None:
+            raise ValueError("The model does not report its embedding dimension; cannot derive truncated sizes.")
+        revision = revision or model_revision(model)
+        self.meta: ModelMeta = self.encoder.mteb_model_meta.model_copy(
+            update={"name": name, "revision": revision, "embed_dim": self.full_dim, "loader": None}
+        )
+        self._rows: dict[tuple[str, str, str], int] = {}
+        self._buffer = np.zeros((0, self.full_dim), dtype=np.float32)  # (capacity, D), first len(_rows) filled
+        self._task_rows: dict[str, set[int]] = {}
+        self._calibration: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
+        self.num_encoded = 0
+        self.num_calls = 0
+
+    def view(self, dim: int, precision: str = "float32") -> TruncatedEncoder:
+        """An mteb encoder returning this cache's vectors at ``dim`` and ``precision``."""
+        return TruncatedEncoder(self, dim, precision)
+
+    def has_task(self, task_name: str) -> bool:
+        """Whether texts of this task were encoded already (so int8 calibration can see all of them)."""
+        return bool(self._task_rows.get(task_name))
+
+    def encode(
+        self,
+        inputs: DataLoader,
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Full-size embeddings ``(N, D)`` of the texts in ``inputs``; only texts not seen before reach the model."""
+        if task_metadata.modalities != ["text"]:
+            raise ValueError(
+                f"Task {task_metadata.name!r} has modalities {task_metadata.modalities}; only text tasks are supported."
+            )
+        texts = [text for batch in inputs for text in batch["text"]]
+        prompt_name = get_prompt_name(self.encoder.model_prompts or {}, task_metadata, prompt_type) or ""
+        kind = prompt_type.value if prompt_type is not None else ""
+        keys = [(kind, prompt_name, text) for text in texts]
+        new = list(dict.fromkeys(key for key in keys if key not in self._rows))
+        if new:
+            loader = DataLoader(Dataset.from_dict({"text": [key[2] for key in new]}), batch_size=kwargs.get("batch_size", 32))
+            embeddings = np.asarray(
+                self.encoder.encode(
+                    loader,
+                    task_metadata=task_metadata,
+                    hf_split=hf_split,
+                    hf_subset=hf_subset,
+                    prompt_type=prompt_type,
+                    **kwargs,
+                ),
+                dtype=np.float32,
+            )
+            self.num_calls += 1
+            self.num_encoded += len(new)
+            self._append(new, embeddings)
+        rows = [self._rows[key] for key in keys]
+        self._task_rows.setdefault(task_metadata.name, set()).update(rows)
+        return self._buffer[rows]
+
+    def _append(self, keys: list[tuple[str, str, str]], embeddings: np.ndarray) -> None:
+        start = len(self._rows)
+        needed = start + len(keys)
+        if needed > len(self._buffer):
+            grown = np.zeros((max(needed, 2 * len(self._buffer)), self.full_dim), dtype=np.float32)
+            grown[:start] = self._buffer[:start]
+            self._buffer = grown
+        self._buffer[start:needed] = embeddings
+        for offset, key in enumerate(keys):
+            self._rows[key] = start + offset
+
+    def calibration(self, task_name: str, dim: int) -> np.ndarray:
+        """The task's cached embeddings at ``dim`` (renormalised): the int8 calibration set ``(N_task, dim)``."""
+        rows = sorted(self._task_rows.get(task_name, ()))
+        cached = self._calibration.get((task_name, dim))
+        if cached is None or cached[0] != len(rows):
+            cached = (len(rows), truncate_numpy(self._buffer[rows], dim))
+            self._calibration[(task_name, dim)] = cached
+        return cached[1]
+
+    def derive(self, embeddings: np.ndarray, dim: int, precision: str, task_name: str) -> np.ndarray:
+        """Cut full-size embeddings to ``dim``, renormalise and quantise: ``(N, D) -> (N, dim)`` float32 values."""
+        truncated = truncate_numpy(embeddings, dim)  # (N, dim), unit rows
+        if precision == "float32":
+            return truncated
+        if precision == "int8":
+            quantized = quantize_embeddings(
+                truncated, precision="int8", calibration_embeddings=self.calibration(task_name, dim)
+            )
+            return quantized.astype(np.float32)  # (N, dim) in [-128, 127]
+        if precision == "binary":
+            packed = quantize_embeddings(truncated, precision="binary")  # (N, ceil(dim / 8)) int8
+            bits = np.unpackbits((packed.astype(np.int16) + 128).astype(np.uint8), axis=-1)[:, :dim]
+            return 2.0 * bits.astype(np.float32) - 1.0  # (N, dim) in {-1, +1}
+        raise ValueError(f"Unknown precision {precision!r}: use one of {list(PRECISIONS)}.")
+
+
+class TruncatedEncoder:
+    """An mteb ``EncoderProtocol`` serving an :class:`EmbeddingCache` at one dimension and precision.
+
+    Its ``mteb_model_meta`` carries ``experiment_kwargs`` ``{"embed_dim": dim}`` (plus ``"output_dtypes"`` for int8
+    and binary), so mteb's result cache stores each dimension under its own ``experiments/embed_dim_<dim>...`` folder
+    and no two dimensions ever shadow each other. Similarity is cosine (the dot product, on float32 vectors).
+    """
+
+    def __init__(self, cache: EmbeddingCache, dim: int, precision: str = "float32") -> None:
+        check_precisions([precision])
+        if not 1 <= dim <= cache.full_dim:
+            raise ValueError(f"dim must be between 1 and the model's dimension {cache.full_dim}, got {dim}.")
+        self.cache, self.dim, self.precision = cache, dim, precision
+        experiment: dict[str, Any] = {"embed_dim": dim}
+        if precision != "float32":
+            experiment["output_dtypes"] = OutputDType(precision).value
+        self._meta = cache.meta.model_copy(
+            update={"embed_dim": dim, "experiment_kwargs": experiment, "output_dtypes": [OutputDType(precision)]}
+        )
+
+    @property
+    def mteb_model_meta(self) -> ModelMeta:
+        return self._meta
+
+    def encode(
+        self,
+        inputs: DataLoader,
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        full = self.cache.encode(
+            inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset, prompt_type=prompt_type, **kwargs
+        )
+        return self.cache.derive(full, self.dim, self.precision, task_metadata.name)
+
+    def similarity(self, embeddings1: Array, embeddings2: Array) -> Array:
+        return cos_sim(embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1: Array, embeddings2: Array) -> Array:
+        return pairwise_cos_sim(embeddings1, embeddings2)
