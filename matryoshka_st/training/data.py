@@ -188,6 +188,8 @@ def load_data(spec: str, split: str = "train", config_name: str | None = None) -
         try:
             dataset = load_dataset(builder, data_files=files, split="train", **kwargs)
         except Exception as error:  # datasets raises many types for malformed files
+            if "corresponds to no data" in str(error):
+                raise DataError(f"The data {spec!r} is empty: it needs at least one row.") from error
             raise DataError(f"Cannot parse {spec!r} as {fmt.lstrip('.')}: {error}") from error
     elif _looks_like_path(spec):
         raise DataError(f"Data file or folder {spec!r} does not exist (resolved to {str(path.resolve())!r}).")

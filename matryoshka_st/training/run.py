@@ -209,12 +209,12 @@ def _eval_plan(config: TrainConfig, dims: list[int], spec: LossSpec, eval_datase
         evaluators += _sts_evaluators(name, *columns, dims, batch_size)
         metric = metric or f"{name}_dim_{{dim}}_spearman_cosine"
     if eval_dataset is not None and spec.name in _IN_BATCH_LOSSES:
-        evaluators += _retrieval_evaluators(retrieval_set_from_pairs(eval_dataset, spec, "eval"), dims, batch_size)
-        metric = metric or "eval_dim_{dim}_cosine_ndcg@10"
+        evaluators += _retrieval_evaluators(retrieval_set_from_pairs(eval_dataset, spec, "heldout"), dims, batch_size)
+        metric = metric or "heldout_dim_{dim}_cosine_ndcg@10"
     elif eval_dataset is not None and spec.name == "CoSENTLoss":
         columns = [eval_dataset[c] for c in spec.columns]
-        evaluators += _sts_evaluators("eval", *columns, dims, batch_size)
-        metric = metric or "eval_dim_{dim}_spearman_cosine"
+        evaluators += _sts_evaluators("heldout", *columns, dims, batch_size)
+        metric = metric or "heldout_dim_{dim}_spearman_cosine"
     if not evaluators:
         return _EvalPlan(None, None)
     return _EvalPlan(EncodeOnceEvaluator(evaluators), metric)

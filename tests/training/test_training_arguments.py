@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from matryoshka_st._bundled import SAMPLE_PAIRS
+from matryoshka_st.training import ConfigError, parse_config
+from matryoshka_st.training.arguments import DEFAULT_JOB_OUTPUT_DIR, load_config_file
+
+
+def test_flags_override_the_config_file(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        "train_data: a.jsonl\nlearning_rate: 1.0e-3\nmatryoshka_dims: [64, 32]\noutput_dir: out\nmax_steps: 7\n"
+    )
+    config = parse_config({"learning_rate": 5e-5}, config_file)
+    assert config.training.learning_rate == 5e-5  # flag wins
+    assert config.training.max_steps == 7  # file wins over defaults
+    assert config.matryoshka.matryoshka_dims == [64, 32]
+    assert config.data.train_data == "a.jsonl"
+    assert not config.default_job
+    assert {"learning_rate", "max_steps", "train_data"} <= config.explicit
+
+
+def test_json_config_file(tmp_path):
+    config_file = tmp_path / "run.json"
+    config_file.write_text('{"train_data": "a.jsonl", "per_device_train_batch_size": 4, "output_dir": "o"}')
+    assert parse_config(config_file=config_file).training.per_device_train_batch_size == 4
+
+
+def test_no_data_is_the_default_job():
+    config = parse_config()
+    assert config.default_job
+    assert config.data.train_data == str(SAMPLE_PAIRS)
+    assert config.training.output_dir == DEFAULT_JOB_OUTPUT_DIR
+    assert config.training.overwrite_output_dir
+    # explicit values still win over the default job's
+    assert parse_config({"learning_rate": 3e-5}).training.learning_rate == 3e-5
+
+
+def test_output_dir_defaults_to_the_model_name():
+    config = parse_config({"train_data": "a.jsonl", "model_name_or_path": "/models/my-bert/"})
+    assert config.training.output_dir.endswith("my-bert-matryoshka")
+    assert not config.training.overwrite_output_dir
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train_data: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("train_data: a.jsonl\nlearning_rat: 0.1\n", "unknown keys ['learning_rat']"),
+    ],
+)
+def test_malformed_config_files(tmp_path, text, message):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config_file(config_file)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_config(config_file=tmp_path / "nope.yaml")
+
+
+def test_bad_value_types_are_config_errors():
+    with pytest.raises(ConfigError, match="Unknown arguments"):
+        parse_config({"not_a_flag": 1})
+    with pytest.raises(ConfigError, match="Invalid training arguments"):
+        parse_config({"train_data": "a.jsonl", "output_dir": "o", "eval_strategy": "sometimes"})
