@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import torch
 import yaml
 from sentence_transformers import SentenceTransformerTrainingArguments
 from transformers import HfArgumentParser
@@ -190,7 +191,7 @@ def default_job_settings() -> dict[str, Any]:
     """
     return {
         "train_data": str(SAMPLE_PAIRS),
-        "max_train_samples": 1600,
+        "max_train_samples": 1200,
         "eval_retrieval": str(SAMPLE_DEV_RETRIEVAL),
         "max_seq_length": 64,
         "output_dir": DEFAULT_JOB_OUTPUT_DIR,
@@ -203,6 +204,7 @@ def default_job_settings() -> dict[str, Any]:
         "save_strategy": "no",
         "seed": 42,
         "batch_sampler": "no_duplicates",
+        "dataloader_pin_memory": torch.cuda.is_available(),
     }
 
 
@@ -240,6 +242,14 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+def _launched_processes() -> int:
+    """The number of processes torchrun / accelerate launch started (1 for a plain run)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def parse_config(
     overrides: Mapping[str, Any] | None = None, config_file: str | os.PathLike | None = None
 ) -> TrainConfig:
@@ -270,6 +280,9 @@ def parse_config(
         model = merged.get("model_name_or_path")
         name = os.path.basename(os.path.normpath(model)) if model else "all-MiniLM-L6-v2"
         merged["output_dir"] = os.path.join("output", f"{name}-matryoshka")
+    if _launched_processes() > 1 and not torch.cuda.is_available() and "use_cpu" not in merged:
+        # Without use_cpu, accelerate treats torchrun processes on a machine without GPUs as independent runs.
+        merged["use_cpu"] = True
     try:
         values = build_parser().parse_dict(merged)
     except (TypeError, ValueError) as error:

@@ -479,6 +479,12 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
             print(result.table())
     """
     training = config.training
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and training.world_size != launched:
+        raise ConfigError(
+            f"{launched} processes were launched but the trainer sees {training.world_size}: they would train "
+            "independent copies. On machines without GPUs pass --use_cpu."
+        )
     is_main = training.process_index == 0
     resume = _resolve_resume(config)
     _check_arguments(config, resume)

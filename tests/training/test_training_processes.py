@@ -1,0 +1,113 @@
+"""Runs in real processes: two CPU processes (gloo) under torchrun, and SIGKILL mid-run followed by a resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from matryoshka_st.metadata import read_matryoshka_config
+from matryoshka_st.training import parse_config, run
+from tests.training._helpers import pair_rows, run_subprocess, write_jsonl
+
+ARGS = {
+    "per_device_train_batch_size": 8,
+    "learning_rate": 1e-3,
+    "seed": 3,
+    "logging_steps": 1,
+    "report_to": "none",
+    "dataloader_pin_memory": False,
+}
+
+
+def _flags(values: dict) -> list[str]:
+    flags = []
+    for key, value in values.items():
+        flags += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return flags
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_gloo(tiny_model_dir, tmp_path):
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows(48))
+    values = {
+        **ARGS,
+        "model_name_or_path": tiny_model_dir,
+        "train_data": "pairs.jsonl",
+        "output_dir": "out",
+        "max_steps": 3,
+        "save_steps": 2,
+        "eval_size": 8,
+        "per_device_train_batch_size": 4,
+        "gather_across_devices": True,
+    }
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "matryoshka_st", "train", *_flags(values)]
+    process = run_subprocess(command, tmp_path)
+    assert process.returncode == 0, process.stderr[-4000:]
+    # both processes trained, only the main one evaluated, logged, printed and wrote the final model
+    assert process.stdout.count("saved to") == 1
+    assert process.stderr.count("Saving the final model") == 1
+    assert process.stderr.count("Evaluating the base model") == 1
+    state = json.loads((tmp_path / "out" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert read_matryoshka_config(tmp_path / "out" / "final").matryoshka_dims == [64, 32]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2", "checkpoint-3", "final"]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in process.stderr  # 2 x 4
+
+
+KILLER = """
+import json, os, signal, sys
+from transformers import TrainerCallback
+from matryoshka_st.training import parse_config, run
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run(parse_config(json.loads(sys.argv[1])), callbacks=[KillAt()])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    write_jsonl(tmp_path / "pairs.jsonl", pair_rows(64))
+    values = {
+        **ARGS,
+        "model_name_or_path": tiny_model_dir,
+        "train_data": str(tmp_path / "pairs.jsonl"),
+        "max_steps": 8,
+        "save_steps": 2,
+        "matryoshka_dims": [64, 32, 16],
+    }
+    reference = run(parse_config({**values, "output_dir": str(tmp_path / "reference")}))
+
+    (tmp_path / "killer.py").write_text(KILLER)
+    killed = run_subprocess(
+        [sys.executable, "killer.py", json.dumps({**values, "output_dir": "resumed"})], tmp_path
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    left = sorted(p.name for p in (tmp_path / "resumed").iterdir())
+    assert left == ["checkpoint-2", "checkpoint-4"]  # killed at step 5: no final model
+
+    resumed = run_subprocess(
+        [sys.executable, "-m", "matryoshka_st", "train", *_flags(values)]
+        + ["--output_dir", "resumed", "--resume_from_checkpoint", "latest"],
+        tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr
+
+    expected = load_file(str(Path(reference.model_path) / "model.safetensors"))
+    actual = load_file(str(tmp_path / "resumed" / "final" / "model.safetensors"))
+    assert expected.keys() == actual.keys()
+    start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    assert any(not torch.equal(start[k], expected[k]) for k in expected)  # training did change the weights
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4)
