@@ -142,7 +142,9 @@ class EmbeddingCache:
         keys = [(kind, prompt_name, text) for text in texts]
         new = list(dict.fromkeys(key for key in keys if key not in self._rows))
         if new:
-            loader = DataLoader(Dataset.from_dict({"text": [key[2] for key in new]}), batch_size=kwargs.get("batch_size", 32))
+            loader = DataLoader(
+                Dataset.from_dict({"text": [key[2] for key in new]}), batch_size=kwargs.get("batch_size", 32)
+            )
             embeddings = np.asarray(
                 self.encoder.encode(
                     loader,
@@ -233,7 +235,12 @@ class TruncatedEncoder:
         **kwargs: Any,
     ) -> np.ndarray:
         full = self.cache.encode(
-            inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset, prompt_type=prompt_type, **kwargs
+            inputs,
+            task_metadata=task_metadata,
+            hf_split=hf_split,
+            hf_subset=hf_subset,
+            prompt_type=prompt_type,
+            **kwargs,
         )
         return self.cache.derive(full, self.dim, self.precision, task_metadata.name)
 

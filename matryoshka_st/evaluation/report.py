@@ -224,10 +224,10 @@ def _tables(scores: list[Score]) -> list[_ModelTable]:
             logger.warning("Skipping %s: no float32 results, so no full-dimension reference score.", table.label)
             continue
         for by_dim in table.scores.values():
-            for dim, by_task in by_dim.items():
+            for by_task in by_dim.values():
                 if all(task in by_task for task in table.tasks):
                     by_task[MEAN] = sum(by_task[t] for t in table.tasks) / len(table.tasks)
-            # dims sorted from largest to smallest for every table
+        # dims from largest to smallest, precisions in PRECISIONS order
         table.scores = {
             p: dict(sorted(table.scores[p].items(), reverse=True)) for p in PRECISIONS if p in table.scores
         }
@@ -247,7 +247,9 @@ def _summary(tables: list[_ModelTable], keep: float) -> dict[str, Any]:
             kept = [d for d, by_task in float32.items() if by_task.get(MEAN, -math.inf) >= keep * reference]
             recommended = min(kept)
         else:
-            logger.warning("%s: full-dimension mean score %.4f <= 0; recommending the full dimension.", table.label, reference)
+            logger.warning(
+                "%s: full-dimension mean score %.4f <= 0; recommending the full dimension.", table.label, reference
+            )
         candidates = [
             (bytes_per_vector(d, p), -by_task[MEAN], d, p)
             for p, by_dim in table.scores.items()
@@ -266,7 +268,12 @@ def _summary(tables: list[_ModelTable], keep: float) -> dict[str, Any]:
             "recommended_mean_score": float32[recommended].get(MEAN),
             "cheapest": None
             if cheapest is None
-            else {"dim": cheapest[2], "precision": cheapest[3], "bytes_per_vector": cheapest[0], "mean_score": -cheapest[1]},
+            else {
+                "dim": cheapest[2],
+                "precision": cheapest[3],
+                "bytes_per_vector": cheapest[0],
+                "mean_score": -cheapest[1],
+            },
             "scores": {
                 precision: {
                     str(dim): {
@@ -295,8 +302,10 @@ def _markdown(tables: list[_ModelTable], summary: dict[str, Any], keep: float) -
     ]
     for label, s in summary["models"].items():
         cheapest = s["cheapest"]
-        cheap = "none" if cheapest is None else (
-            f"{cheapest['dim']} dims {cheapest['precision']} ({cheapest['bytes_per_vector']} bytes/vector)"
+        cheap = (
+            "none"
+            if cheapest is None
+            else (f"{cheapest['dim']} dims {cheapest['precision']} ({cheapest['bytes_per_vector']} bytes/vector)")
         )
         lines.append(
             f"| {label} | {s['full_dim']} | {s['full_dim_mean_score']:.4f} | **{s['recommended_dim']}** | "
@@ -314,7 +323,9 @@ def _markdown(tables: list[_ModelTable], summary: dict[str, Any], keep: float) -
                 for dim in dims:
                     score = by_dim[dim].get(task)
                     share = table.share(task, precision, dim)
-                    cells.append("" if score is None else f"{score:.4f} ({share:.1%})" if share == share else f"{score:.4f}")
+                    cells.append(
+                        "" if score is None else f"{score:.4f} ({share:.1%})" if share == share else f"{score:.4f}"
+                    )
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
     all_dims = sorted({d for t in tables for by_dim in t.scores.values() for d in by_dim}, reverse=True)
     precisions = [p for p in PRECISIONS if any(p in t.scores for t in tables)]

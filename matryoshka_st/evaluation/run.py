@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from matryoshka_st.dims import default_dims
 from matryoshka_st.evaluation.cache import EmbeddingCache, TruncatedEncoder, check_precisions
+from matryoshka_st.evaluation.report import Report, render
 from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,43 @@ def evaluate(
     for cache, _ in plans:
         logger.info("%s: encoded %d texts in %d calls", cache.meta.name, cache.num_encoded, cache.num_calls)
     return runs
+
+
+def compare(
+    models: Mapping[str, ModelSpec],
+    task: str | Path | AbsTask,
+    dims: Sequence[int] | None = None,
+    output_dir: str | Path = "matryoshka_eval",
+    *,
+    precisions: Sequence[str] = ("float32",),
+    keep: float = 0.98,
+    **kwargs: Any,
+) -> Report:
+    """Evaluate labelled models (e.g. base vs fine-tuned) on one task and render the report.
+
+    Results go to ``<output_dir>/results`` and the report to ``<output_dir>/report``.
+
+    Args:
+        models: label to model, e.g. ``{"base": base_path, "fine-tuned": output_path}``.
+        task: a task spec, typically the shipped dev set ``matryoshka_st._bundled.SAMPLE_DEV_RETRIEVAL``.
+        dims: dimensions to evaluate (default: the full dimension and powers of two down to 32).
+        output_dir: folder for results and report.
+        precisions: any of ``float32``, ``int8``, ``binary``.
+        keep: share of the full-dimension score the recommended dimension must keep.
+        **kwargs: passed on to :func:`evaluate` (``batch_size``, ``device``, ``overwrite``, ``show_progress_bar``).
+
+    Returns:
+        The :class:`~matryoshka_st.evaluation.report.Report`: file paths, Markdown table, recommended dims.
+
+    Example:
+        >>> from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, bundled_model_path
+        >>> report = compare({"base": bundled_model_path(), "fine-tuned": "out/final"}, SAMPLE_DEV_RETRIEVAL,
+        ...                  dims=[384, 256, 128, 64, 32], output_dir="out/eval")
+        >>> print(report.table)  # doctest: +SKIP
+    """
+    output_dir = Path(output_dir)
+    evaluate(models, [task], dims=dims, precisions=precisions, output_folder=output_dir, **kwargs)
+    return render([output_dir / "results"], output_dir / "report", keep=keep)
 
 
 def _run_mteb(

@@ -121,7 +121,7 @@ def ensure_task_data(task: AbsTask) -> None:
         task.load_data()
     except (ConnectionError, OSError) as error:
         dataset = task.metadata.dataset
-        raise RuntimeError(
+        raise ConnectionError(
             f"mteb task {task.metadata.name!r} needs the dataset {dataset.get('path')!r} (revision "
             f"{dataset.get('revision')!r}) from the Hugging Face Hub, which could not be reached ({error}). "
             "Run once with internet access (and HF_HUB_OFFLINE unset) so that it lands in the datasets cache, "
@@ -206,7 +206,9 @@ def _hash_files(paths: Sequence[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _metadata(name: str, path: Path, revision: str, task_type: str, main_score: str, splits: list[str]) -> TaskMetadata:
+def _metadata(
+    name: str, path: Path, revision: str, task_type: str, main_score: str, splits: list[str]
+) -> TaskMetadata:
     return TaskMetadata(
         name=name,
         description=f"Local {task_type} task read from {path}.",
@@ -255,7 +257,9 @@ def _retrieval_task(folder: Path) -> AbsTask:
         )
     qrels_files = sorted(qrels_dir.glob("*.tsv"))
     if not qrels_files:
-        raise ValueError(f"No qrels/<split>.tsv file in {folder}: add e.g. qrels/test.tsv (query-id, corpus-id, score).")
+        raise ValueError(
+            f"No qrels/<split>.tsv file in {folder}: add e.g. qrels/test.tsv (query-id, corpus-id, score)."
+        )
     splits = [p.stem for p in qrels_files]
     if "test" in splits:
         splits = ["test"]
@@ -298,7 +302,9 @@ def _read_qrels(path: Path, query_ids: set[str], corpus_ids: set[str]) -> dict[s
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:3]] != ["query-id", "corpus-id", "score"]:
-            raise ValueError(f"{path} must start with the header line 'query-id<TAB>corpus-id<TAB>score', got {header}.")
+            raise ValueError(
+                f"{path} must start with the header line 'query-id<TAB>corpus-id<TAB>score', got {header}."
+            )
         for number, fields in enumerate(reader, start=2):
             if not fields:
                 continue
@@ -383,7 +389,10 @@ def _classification_task(path: Path, rows: list[dict[str, Any]]) -> AbsTask:
         return DatasetDict(
             {
                 split: Dataset.from_dict(
-                    {"text": [str(r["text"]) for r in split_rows], "label": [label_ids[str(r["label"])] for r in split_rows]}
+                    {
+                        "text": [str(r["text"]) for r in split_rows],
+                        "label": [label_ids[str(r["label"])] for r in split_rows],
+                    }
                 )
                 for split, split_rows in by_split.items()
             }
@@ -404,11 +413,13 @@ def _clustering_task(path: Path, rows: list[dict[str, Any]]) -> AbsTask:
         return DatasetDict({"test": Dataset.from_dict(data)})
 
     metadata = _metadata(path.stem, path, _hash_files([path]), "Clustering", "v_measure", ["test"])
-    # mteb embeds a 4% sample of large benchmark sets by default; a local file is used whole
+    # mteb embeds a 4% sample of large benchmark sets and bootstraps 16k-document clusterings from it; a local file
+    # is used whole, and a bootstrap sample is never larger than the file
     return _instantiate(
         AbsTaskClustering,
         metadata,
         _build=build,
         max_fraction_of_documents_to_embed=None,
         max_document_to_embed=None,
+        max_documents_per_cluster=min(AbsTaskClustering.max_documents_per_cluster, len(rows)),
     )
