@@ -31,6 +31,8 @@ from matryoshka_st.evaluation.cache import PRECISIONS, bytes_per_vector
 logger = logging.getLogger(__name__)
 
 MEAN = "mean"
+# the main scores of the local task kinds (see tasks.py), preferred when several metrics share the main score's value
+_LOCAL_MAIN_SCORES = ("ndcg_at_10", "cosine_spearman", "accuracy", "max_ap", "v_measure")
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,9 @@ def _main_score_name(result: TaskResult) -> str:
         return mteb.get_task(result.task_name).metadata.main_score
     except KeyError:  # a local task: the metric whose value mteb copied into main_score
         first = next(iter(result.scores.values()))[0]
-        return next(
-            (k for k, v in first.items() if k != "main_score" and v == first["main_score"]),
-            "main_score",
-        )
+        matches = [k for k, v in first.items() if k != "main_score" and v == first["main_score"]]
+        preferred = [k for k in _LOCAL_MAIN_SCORES if k in matches]
+        return (preferred or matches or ["main_score"])[0]
 
 
 def render(results_paths: Sequence[str | Path], output_dir: str | Path, keep: float = 0.98) -> Report:
@@ -368,7 +369,7 @@ def _write_csv(path: Path, tables: list[_ModelTable]) -> None:
 def _plots(tables: list[_ModelTable], summary: dict[str, Any], output_dir: Path, keep: float) -> list[Path]:
     try:
         from matplotlib.figure import Figure
-        from matplotlib.ticker import FixedLocator, NullLocator
+        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
     except ImportError:
         logger.warning("matplotlib is not installed, so the report has no plots: pip install 'matryoshka_st[plot]'")
         return []
@@ -405,7 +406,10 @@ def _plots(tables: list[_ModelTable], summary: dict[str, Any], output_dir: Path,
         ax.set_xlabel("embedding dimension (log2)")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", title=f"dotted: {keep:.0%} of full, star: recommended", title_fontsize="x-small")
+        if ax is axes[0]:
+            ax.legend(
+                fontsize="small", title=f"dotted: {keep:.0%} of full\nstar: recommended", title_fontsize="x-small"
+            )
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     by_dim_path = output_dir / "score_vs_dim.png"
@@ -429,6 +433,7 @@ def _plots(tables: list[_ModelTable], summary: dict[str, Any], output_dir: Path,
                     label=f"{table.label} {precision}",
                 )
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("bytes per vector (log2)")
     ax.set_ylabel("mean score" if panel == MEAN else f"{panel} score")
     ax.set_title("Quality against storage")

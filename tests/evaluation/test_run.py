@@ -31,7 +31,13 @@ def test_mteb_mock_tasks_at_each_dim(tiny_model, tmp_path):
     assert len(runs) == 5 * 2
     for run in runs:
         assert run.path == (
-            tmp_path / "results" / "local__tiny" / run.revision / "experiments" / f"embed_dim_{run.dim}" / f"{run.task}.json"
+            tmp_path
+            / "results"
+            / "local__tiny"
+            / run.revision
+            / "experiments"
+            / f"embed_dim_{run.dim}"
+            / f"{run.task}.json"
         )
         assert run.path.exists() and (run.path.parent / "model_meta.json").exists()
         assert TaskResult.from_disk(run.path).get_score() == pytest.approx(run.score)
