@@ -138,6 +138,7 @@ def evaluate(
                 path = result_cache.get_task_result_path(task.metadata.name, view.mteb_model_meta)
                 finished = None if overwrite else _finished_result(path, task)
                 todo.append((cache, task, view, path, finished))
+    loaded_here = [task for task in task_list if not task.data_loaded]
     for task in task_list:
         if any(finished is None and t is task for _, t, _, _, finished in todo):
             ensure_task_data(task)
@@ -167,7 +168,7 @@ def evaluate(
                 skipped=skipped,
             )
         )
-    for task in task_list:
+    for task in loaded_here:
         if task.data_loaded:
             task.unload_data()
     for cache, _ in plans:
