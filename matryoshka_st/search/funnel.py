@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from numbers import Integral
@@ -70,7 +69,8 @@ def validate_stages(
     """Check a funnel schedule ``[(dim, shortlist), ...]`` against the full dimension and return it as tuples.
 
     Dims must increase and shortlist sizes must decrease from stage to stage; the final rerank at ``full_dim`` is
-    implicit, so only the first stage may use ``full_dim`` itself (useful with int8 or binary codes).
+    implicit, so only the first stage may use ``full_dim`` itself. An int8 or binary first stage may be longer than
+    the float stage after it, as in ``[(384, 2000), (128, 200)]`` with ``first_stage="binary"``.
 
     Raises:
         ValueError: naming the bad stage and what was expected.
@@ -100,8 +100,10 @@ def validate_stages(
             )
         if shortlist < 1:
             raise ValueError(f"Stage {i} shortlist must be >= 1, got {shortlist}.")
-        if checked and dim <= checked[-1][0]:
-            raise ValueError(f"Stage dims must increase, but stage {i} has dim {dim} after {checked[-1][0]}.")
+        # A quantized first stage may be longer than the float stage after it (e.g. binary 384 -> float 128).
+        if i > 1 or (i == 1 and first_stage == "float"):
+            if dim <= checked[-1][0]:
+                raise ValueError(f"Stage dims must increase, but stage {i} has dim {dim} after {checked[-1][0]}.")
         if checked and shortlist >= checked[-1][1]:
             raise ValueError(
                 f"Shortlist sizes must decrease, but stage {i} keeps {shortlist} of a shortlist of {checked[-1][1]}."
@@ -218,7 +220,6 @@ class FunnelIndex:
             self._prefix_norms = _prefix_norms
             self._index = _first_stage_index
         self._model: SentenceTransformer | None = None
-        self._table_cache: tuple[np.ndarray, torch.Tensor] | None = None
 
     @classmethod
     def from_embeddings(
@@ -359,27 +360,18 @@ class FunnelIndex:
             _, ids = self._index.search(np.ascontiguousarray(queries), shortlist)
         return ids.astype(np.int64, copy=False)
 
-    def _table(self) -> torch.Tensor:
-        """The ``(N, full_dim)`` vectors as a tensor sharing memory with ``self.embeddings`` (also when mmapped)."""
-        if self._table_cache is None or self._table_cache[0] is not self.embeddings:
-            with warnings.catch_warnings():
-                # A read-only memmap is fine: the tensor is only ever read.
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self._table_cache = (self.embeddings, torch.from_numpy(self.embeddings))
-        return self._table_cache[1]
-
     def _rescore(self, queries: np.ndarray, ids: np.ndarray, dim: int, norms: np.ndarray | None) -> np.ndarray:
         """Cosine similarity at ``dim`` between each query and its candidates: ``(Q, S)``."""
         q = torch.from_numpy(truncate_numpy(queries, dim))  # (Q, dim)
-        table = self._table()
-        ids_t = torch.from_numpy(ids)
         num_queries, shortlist = ids.shape
         block = max(1, RERANK_BLOCK_BYTES // max(1, shortlist * dim * 4))
         out = torch.empty((num_queries, shortlist), dtype=torch.float32)
         for start in range(0, num_queries, block):
-            rows = ids_t[start : start + block]
-            candidates = table[rows.reshape(-1), :dim].reshape(len(rows), shortlist, dim)  # (B, S, dim)
-            out[start : start + block] = torch.bmm(candidates, q[start : start + block, :, None])[..., 0]
+            rows = ids[start : start + block]
+            # numpy fancy indexing copies just the prefix columns, contiguously (faster than torch indexing here),
+            # and reads a memory-mapped table row by row.
+            candidates = torch.from_numpy(self.embeddings[rows.reshape(-1), :dim]).view(len(rows), shortlist, dim)
+            out[start : start + block] = torch.bmm(candidates, q[start : start + block, :, None])[..., 0]  # (B, S)
         scores = out.numpy()
         if norms is not None:
             scores /= np.maximum(norms[ids], 1e-12)

@@ -141,6 +141,9 @@ def test_bad_stages(corpus, stages, first_stage, match):
 def test_validate_stages_returns_tuples():
     assert validate_stages([[64, 200], [128, 50]], full_dim=384) == [(64, 200), (128, 50)]
     assert validate_stages([(384, 100)], full_dim=384, first_stage="binary") == [(384, 100)]
+    assert validate_stages([(384, 100), (128, 20)], full_dim=384, first_stage="binary") == [(384, 100), (128, 20)]
+    with pytest.raises(ValueError, match="dims must increase, but stage 2 has dim 64 after 128"):
+        validate_stages([(384, 100), (128, 20), (64, 10)], full_dim=384, first_stage="int8")
 
 
 def test_bad_search_arguments(corpus, queries):
