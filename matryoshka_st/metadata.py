@@ -54,9 +54,7 @@ class MatryoshkaConfig:
         return {**data, **extra}
 
 
-def recommend_dim(
-    scores: dict[int, float], threshold: float = 0.95, full_dim: int | None = None
-) -> int | None:
+def recommend_dim(scores: dict[int, float], threshold: float = 0.95, full_dim: int | None = None) -> int | None:
     """The smallest dim whose score is at least ``threshold`` times the full (largest) dim's score.
 
     Example:

@@ -107,7 +107,7 @@ class MatryoshkaArguments:
         },
     )
     loss_kwargs: Union[dict, str, None] = field(  # noqa: UP007 - HfArgumentParser needs typing.Union here
-        default=None, metadata={"help": 'Keyword arguments of the loss as JSON, e.g. \'{"scale": 30}\'.'}
+        default=None, metadata={"help": "Keyword arguments of the loss as JSON, e.g. '{\"scale\": 30}'."}
     )
     matryoshka_dims: list[int] | None = field(
         default=None,
@@ -225,7 +225,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.').upper()}: {error}") from error
+        raise ConfigError(
+            f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.').upper()}: {error}"
+        ) from error
     if values is None:
         values = {}
     if not isinstance(values, dict):

@@ -213,9 +213,7 @@ def load_data(spec: str, split: str = "train", config_name: str | None = None) -
 def rename_columns(dataset: Dataset, mapping: dict[str, str], name: str) -> Dataset:
     missing = sorted(set(mapping) - set(dataset.column_names))
     if missing:
-        raise DataError(
-            f"column_mapping renames {missing}, but the {name} data has columns {dataset.column_names}."
-        )
+        raise DataError(f"column_mapping renames {missing}, but the {name} data has columns {dataset.column_names}.")
     return dataset.rename_columns(mapping) if mapping else dataset
 
 
@@ -318,7 +316,11 @@ def infer_loss_spec(dataset: Dataset, loss: str | None = None, loss_kwargs: dict
         else:
             raise DataError(
                 f"Cannot choose a loss from the columns {columns}: {texts} needs a "
-                + ("label column ('score' float or 'label' class)" if label is None else f"usable label, {label!r} is {kind}")
+                + (
+                    "label column ('score' float or 'label' class)"
+                    if label is None
+                    else f"usable label, {label!r} is {kind}"
+                )
                 + ". Pass --loss NAME or fix the columns."
             )
     else:

@@ -387,7 +387,9 @@ def _load_datasets(config: TrainConfig):
     loss_kwargs = parse_mapping(mrl.loss_kwargs, "loss_kwargs")
     if mrl.loss is not None:
         resolve_loss_class(mrl.loss)  # unknown names fail before any file is read
-    train_dataset = rename_columns(load_data(data.train_data, data.train_split, data.dataset_config_name), mapping, "train")
+    train_dataset = rename_columns(
+        load_data(data.train_data, data.train_split, data.dataset_config_name), mapping, "train"
+    )
     eval_dataset = None
     if data.eval_data:
         split = data.eval_split or "train"
@@ -401,7 +403,9 @@ def _load_datasets(config: TrainConfig):
     if eval_dataset is not None:
         eval_spec = infer_loss_spec(eval_dataset, spec.name, loss_kwargs)
         if eval_spec.columns != spec.columns:
-            raise DataError(f"The eval data columns {eval_spec.columns} differ from the training columns {spec.columns}.")
+            raise DataError(
+                f"The eval data columns {eval_spec.columns} differ from the training columns {spec.columns}."
+            )
         eval_dataset = prepare_dataset(eval_dataset, spec, "eval")
     else:
         train_dataset, eval_dataset = split_eval(train_dataset, data.eval_size, config.training.seed)
@@ -516,7 +520,9 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
         if training.save_strategy != training.eval_strategy or (
             training.eval_strategy == "steps" and training.save_steps % training.eval_steps
         ):
-            raise ConfigError("--best_model_dim needs save_strategy == eval_strategy and save_steps a multiple of eval_steps.")
+            raise ConfigError(
+                "--best_model_dim needs save_strategy == eval_strategy and save_steps a multiple of eval_steps."
+            )
     if "batch_sampler" not in config.explicit:
         if spec.name in _IN_BATCH_LOSSES:
             training.batch_sampler = BatchSamplers.NO_DUPLICATES  # a duplicate in a batch is a false negative
@@ -553,7 +559,9 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
         if plan.evaluator is not None:
             logger.info("Evaluating the fine-tuned model at dims %s.", dims)
             result.scores_after = _scores(plan.evaluator(trainer.model), plan.metric, dims)
-        result.recommended_truncate_dim = recommend_dim(result.scores_after, config.matryoshka.recommend_threshold, full_dim)
+        result.recommended_truncate_dim = recommend_dim(
+            result.scores_after, config.matryoshka.recommend_threshold, full_dim
+        )
         metadata = matryoshka_config_from_loss(
             loss,
             recommended_truncate_dim=result.recommended_truncate_dim or full_dim,

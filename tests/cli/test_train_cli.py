@@ -12,6 +12,16 @@ from matryoshka_st.metadata import read_matryoshka_config
 from tests.training._helpers import console_script, pair_rows, run_subprocess, save_tiny_model, write_jsonl
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     return save_tiny_model(tmp_path_factory.mktemp("cli_tiny"))
@@ -42,7 +52,10 @@ def _listing(root):
         (["--train_data", "missing.jsonl"], "'missing.jsonl' does not exist"),
         (["--train_data", "broken.jsonl"], "Cannot parse 'broken.jsonl' as jsonl"),
         (["--train_data", "pairs.jsonl", "--matryoshka_dims", "64", "0"], "must be positive, got [0]"),
-        (["--train_data", "pairs.jsonl", "--matryoshka_dims", "128", "32"], "exceed the model's embedding dimension 64"),
+        (
+            ["--train_data", "pairs.jsonl", "--matryoshka_dims", "128", "32"],
+            "exceed the model's embedding dimension 64",
+        ),
         (["--train_data", "pairs.jsonl", "--matryoshka_dims", "64", "32", "--matryoshka_weights", "1"], "one weight"),
         (["bad.yaml"], "is not valid YAML"),
         (["--config", "unknown.yaml"], "unknown keys ['learnin_rate']"),

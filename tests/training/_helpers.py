@@ -44,7 +44,11 @@ def scored_rows(n: int = 48, seed: int = 0, integer: bool = False) -> list[dict]
     for _ in range(n):
         a, b = " ".join(rng.sample(words, 4)), " ".join(rng.sample(words, 4))
         rows.append(
-            {"sentence1": a, "sentence2": b, ("label" if integer else "score"): rng.randrange(3) if integer else rng.random()}
+            {
+                "sentence1": a,
+                "sentence2": b,
+                ("label" if integer else "score"): rng.randrange(3) if integer else rng.random(),
+            }
         )
     return rows
 
@@ -58,7 +62,7 @@ def save_tiny_model(folder: Path) -> str:
 def cli_env() -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env["OMP_NUM_THREADS"] = "1"  # see the _one_torch_thread fixture
     return env
 
 

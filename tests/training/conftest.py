@@ -14,3 +14,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
 @pytest.fixture()
 def pairs_file(tmp_path):
     return write_jsonl(tmp_path / "data" / "pairs.jsonl", pair_rows())
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy machine they slow each step several-fold."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from matryoshka_st._bundled import SAMPLE_PAIRS
@@ -68,3 +70,10 @@ def test_bad_value_types_are_config_errors():
         parse_config({"not_a_flag": 1})
     with pytest.raises(ConfigError, match="Invalid training arguments"):
         parse_config({"train_data": "a.jsonl", "output_dir": "o", "eval_strategy": "sometimes"})
+
+
+@pytest.mark.parametrize("preset", sorted(Path(__file__).resolve().parents[2].glob("examples/configs/*.yaml")))
+def test_presets_parse(preset):
+    config = parse_config({"bf16": False}, preset)  # bf16 needs a GPU; everything else must parse anywhere
+    assert config.training.output_dir.startswith("output/")
+    assert not config.default_job

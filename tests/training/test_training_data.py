@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
+from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, SAMPLE_PAIRS
 from matryoshka_st.training.data import (
     DataError,
     infer_loss_spec,
@@ -14,7 +15,6 @@ from matryoshka_st.training.data import (
     retrieval_set_from_pairs,
     split_eval,
 )
-from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, SAMPLE_PAIRS
 from tests.training._helpers import pair_rows, scored_rows, write_jsonl
 
 

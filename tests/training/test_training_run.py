@@ -12,8 +12,8 @@ from transformers import TrainerCallback
 
 from matryoshka_st.metadata import MATRYOSHKA_CONFIG_NAME, read_matryoshka_config
 from matryoshka_st.training import NonFiniteLossError, parse_config, run
-from matryoshka_st.training.run import EncodeOnceEvaluator, _retrieval_evaluators, save_atomically
 from matryoshka_st.training.data import RetrievalSet
+from matryoshka_st.training.run import EncodeOnceEvaluator, _retrieval_evaluators, save_atomically
 from tests.training._helpers import scored_rows, write_jsonl
 
 FAST = {"per_device_train_batch_size": 8, "logging_steps": 1, "report_to": "none", "seed": 1}
@@ -67,9 +67,7 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
 
 def test_pairs_with_integer_labels_train_heads(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "nli.jsonl", scored_rows(32, integer=True))
-    result = run(
-        _config(tiny_model_dir, data, tmp_path / "out", max_steps=2, save_steps=1, matryoshka_dims=[64, 16])
-    )
+    result = run(_config(tiny_model_dir, data, tmp_path / "out", max_steps=2, save_steps=1, matryoshka_dims=[64, 16]))
     metadata = read_matryoshka_config(result.model_path)
     assert metadata.loss == "SoftmaxLoss" and metadata.head_mode == "separate"
     for folder in (result.model_path, tmp_path / "out" / "checkpoint-2"):
