@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
         )
-    except (ValueError, FileNotFoundError, ConnectionError, argparse.ArgumentTypeError) as error:
+    except (ValueError, OSError, argparse.ArgumentTypeError) as error:  # OSError: missing files, models, network
         print(f"matryoshka-st eval: error: {error}", file=sys.stderr)
         return 2
     logging.getLogger(__name__).info(

@@ -33,7 +33,7 @@ from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
 from matryoshka_st.dims import default_dims
-from matryoshka_st.evaluation.cache import EmbeddingCache, TruncatedEncoder, check_precisions
+from matryoshka_st.evaluation.cache import PRECISIONS, EmbeddingCache, TruncatedEncoder, check_precisions
 from matryoshka_st.evaluation.report import Report, render
 from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
 
@@ -114,7 +114,8 @@ def evaluate(
     Example:
         >>> runs = evaluate({"base": "path/to/model"}, ["data/dev_wordnet"], dims=[384, 64], precisions=["float32", "int8"])
     """
-    precisions = check_precisions(list(precisions))
+    # float32 first: its runs encode every text, which int8 calibration then sees whole
+    precisions = sorted(check_precisions(list(precisions)), key=PRECISIONS.index)
     if dims is not None:
         dims = _check_dims(dims)
     task_list = load_tasks([tasks] if isinstance(tasks, str | Path | AbsTask) else tasks)
