@@ -427,6 +427,7 @@ def build_card(
     if title and title_match and title != current_title:
         text = text[: title_match.start()] + f"# {title}" + text[title_match.end() :]
 
+    text = _fill_placeholders(text, base_model, license, language)
     section = render_section(model_dir, model_id=model_id, results=results, plot_name=plot_name)
     text = _insert_section(text, section)
 
@@ -443,7 +444,9 @@ def build_card(
     data.library_name = data.library_name or "sentence-transformers"
     if results is not None:
         ours = eval_results(results)
-        data.eval_results = [*(data.eval_results or []), *ours]
+        # entries written by an earlier build_card (they carry truncate_dim) are replaced, not repeated
+        kept = [r for r in data.eval_results or [] if "truncate_dim" not in (r.metric_args or {})]
+        data.eval_results = [*kept, *ours]
         data.metrics = list(dict.fromkeys([*(data.metrics or []), *(r.metric_type for r in ours)]))
     if data.eval_results:
         data.model_name = title or data.model_name or "SentenceTransformer"
@@ -452,6 +455,26 @@ def build_card(
             logger.warning("The model card has no %s: pass %s to add it.", key, hint)
     card.text = text
     return card
+
+
+def _fill_placeholders(
+    text: str, base_model: str | None, license: str | None, language: str | Sequence[str] | None
+) -> str:
+    """Fill the commented-out "Unknown" lines of sentence-transformers' card with the metadata given here."""
+    if base_model:
+        link = f"[{base_model}](https://huggingface.co/{base_model})"
+        text = text.replace(
+            "<!-- - **Base model:** [Unknown](https://huggingface.co/unknown) -->", f"- **Base model:** {link}"
+        )
+        text = text.replace("model trained on the", f"model finetuned from {link} on the", 1)
+        text = re.sub(r"model trained(?=\. It maps)", f"model finetuned from {link}", text, count=1)
+    if license:
+        text = text.replace("<!-- - **License:** Unknown -->", f"- **License:** {license}")
+    if language:
+        languages = ", ".join(_as_list(language))
+        label = "Languages" if len(_as_list(language)) > 1 else "Language"
+        text = text.replace("<!-- - **Language:** Unknown -->", f"- **{label}:** {languages}")
+    return text
 
 
 def _insert_section(text: str, section: str) -> str:

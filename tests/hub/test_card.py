@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from huggingface_hub import ModelCard
+
+from matryoshka_st.hub import CardError, build_card, load_eval_results
+from matryoshka_st.hub.card import PLOT_NAME, SECTION_END, SECTION_START
+from tests.hub._helpers import EVAL_DIMS, evaluate_models
+from tests.hub.card_pattern import CARD_PATTERN
+
+CARD_ARGS = {
+    "repo_id": "you/tiny-matryoshka",
+    "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+    "license": "apache-2.0",
+    "language": "en",
+    "datasets": ["sentence-transformers/all-nli"],
+}
+
+
+@pytest.fixture(scope="module")
+def summary(eval_dir, tmp_path_factory):
+    return load_eval_results([eval_dir], tmp_path_factory.mktemp("report"))
+
+
+def test_whole_card_matches_pattern(trained_model_dir, summary):
+    card = build_card(trained_model_dir, results=summary, **CARD_ARGS)
+    match = CARD_PATTERN.fullmatch(str(card))
+    assert match is not None, str(card)
+    assert int(match["recommended"]) == summary.recommended_dim
+
+
+def test_eval_summary_values(summary):
+    assert summary.label == "tuned"
+    assert summary.tasks == {"tiny_beir": "ndcg_at_10"}
+    assert summary.full_dim == 64
+    assert set(summary.scores) == {"float32", "int8", "binary"}
+    assert sorted(summary.scores["float32"], reverse=True) == EVAL_DIMS
+    assert summary.share("tiny_beir", 64) == pytest.approx(1.0)
+    assert summary.recommended_dim in EVAL_DIMS
+    assert summary.plot is not None and summary.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_index_has_every_dim_and_precision(trained_model_dir, summary, tmp_path):
+    path = tmp_path / "README.md"
+    build_card(trained_model_dir, results=summary, **CARD_ARGS).save(path)
+    data = ModelCard.load(path).data
+    ours = [r for r in data.eval_results if r.dataset_name == "tiny_beir"]
+    found = {(r.metric_args["truncate_dim"], r.metric_args.get("precision", "float32")): r for r in ours}
+    assert set(found) == {(d, p) for d in EVAL_DIMS for p in ("float32", "int8", "binary")}
+    for (dim, precision), result in found.items():
+        assert result.metric_type == "ndcg_at_10"
+        assert result.task_type == "text-retrieval"
+        assert result.metric_value == pytest.approx(summary.scores[precision][dim]["tiny_beir"], abs=1e-6)
+    # sentence-transformers' own per-dim training evaluations are kept
+    assert {r.dataset_name for r in data.eval_results} >= {"heldout dim 64", "heldout dim 32"}
+    assert data.model_name == "tiny-matryoshka"
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.license == "apache-2.0" and data.language == "en"
+    assert data.datasets == ["sentence-transformers/all-nli"]
+    assert {"matryoshka", "sentence-transformers", "loss:MatryoshkaLoss"} <= set(data.tags)
+    assert data.library_name == "sentence-transformers"
+
+
+def test_card_extends_the_sentence_transformers_card(trained_model_dir, summary, tmp_path):
+    original = ModelCard.load(f"{trained_model_dir}/README.md")
+    card = build_card(trained_model_dir, results=summary, **CARD_ARGS)
+    headings = [line for line in original.text.splitlines() if line.startswith("#") and not line.startswith("# ")]
+    text = card.text
+    position = 0
+    for heading in headings:  # sentence-transformers' sections are all kept, in order
+        position = text.index(heading, position) + len(heading)
+    assert text.index(SECTION_START) < text.index("## Model Details")
+    assert "sentence_transformers_model_id" not in text
+
+    # building from a card that already has the section replaces it
+    model = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model)
+    card.save(model / "README.md")
+    again = build_card(model, results=summary, **CARD_ARGS)
+    assert again.text.count(SECTION_START) == again.text.count(SECTION_END) == 1
+    assert str(again) == str(card)
+
+
+def test_card_without_results_uses_the_training_recommendation(trained_model_dir):
+    metadata = json.loads(open(f"{trained_model_dir}/matryoshka_config.json").read())
+    card = build_card(trained_model_dir, repo_id="you/tiny")
+    text = card.text
+    assert f"**Recommended dimension: {metadata['recommended_truncate_dim']}**" in text
+    assert "### Quality by dimension" not in text and PLOT_NAME not in text
+    assert "| float32 | 256 | 128 |" in text  # bytes per vector at the trained dims 64 and 32
+    assert f'SentenceTransformer("you/tiny", truncate_dim={metadata["recommended_truncate_dim"]})' in text
+    assert "normalize_embeddings=True" in text
+    assert not [r for r in card.data.eval_results or [] if r.metric_args]
+    assert "matryoshka" in card.data.tags
+
+
+def test_results_with_several_models(trained_model_dir, tmp_path):
+    from tests.training._helpers import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "untrained")
+    results = evaluate_models({"base": base, "tuned": trained_model_dir}, tmp_path, precisions=["float32"])
+
+    picked = load_eval_results([results], tmp_path / "r1", model_dir=trained_model_dir)  # by parameter hash
+    assert picked.label == "tuned" and set(picked.others) == {"base"}
+    assert load_eval_results([results], tmp_path / "r2", model="base").label == "base"
+    section = build_card(trained_model_dir, results=picked, repo_id="you/t").text
+    assert "| dim | tiny_beir nDCG@10 | base |" in section
+
+    with pytest.raises(CardError, match=r"several models \['base', 'tuned'\].*--results-model"):
+        load_eval_results([results], tmp_path / "r3")
+    with pytest.raises(CardError, match="No results for model 'other'"):
+        load_eval_results([results], tmp_path / "r4", model="other")
+    with pytest.raises(CardError, match="does not exist"):
+        load_eval_results([tmp_path / "missing"], tmp_path / "r5")
