@@ -207,13 +207,11 @@ class FunnelIndex:
         if _first_stage_index is None:
             # Normalised at full_dim, so the final rerank is a plain dot product with the normalised query.
             self.embeddings = truncate_numpy(embeddings, self.full_dim)  # (N, full_dim)
-            self._prefix_norms = (
-                np.stack([np.linalg.norm(self.embeddings[:, :dim], axis=1) for dim, _ in self.stages[1:]]).astype(
-                    np.float32
-                )
-                if len(self.stages) > 1
-                else np.zeros((0, len(embeddings)), np.float32)
-            )
+            # Norm of each prefix that a later stage reranks at: prefix scores are cosines without renormalising.
+            rerank_dims = [dim for dim, _ in self.stages[1:]]
+            self._prefix_norms = np.empty((len(rerank_dims), len(self.embeddings)), np.float32)  # (stages - 1, N)
+            for row, dim in enumerate(rerank_dims):
+                self._prefix_norms[row] = np.linalg.norm(self.embeddings[:, :dim], axis=1)
             self._index = _build_first_stage(truncate_numpy(self.embeddings, self.stages[0][0]), first_stage)
         else:
             self.embeddings = embeddings
