@@ -12,7 +12,7 @@ Layout (``format_version`` 1)::
       "matryoshka_weights": [1.0, 1.0, 1.0, 1.0, 1.0],
       "full_dim": 384,
       "recommended_truncate_dim": 128,                 # pass to encode(truncate_dim=...) or SentenceTransformer(...)
-      "recommendation": {"metric": "...", "threshold": 0.95, "scores": {"384": 0.61, ...}},  # or null
+      "recommendation": {"metric": "...", "threshold": 0.98, "scores": {"384": 0.61, ...}},  # or null
       "loss": "MultipleNegativesRankingLoss",
       "n_dims_per_step": -1,
       "head_mode": "separate"                          # only when the loss has classifier heads
@@ -54,7 +54,7 @@ class MatryoshkaConfig:
         return {**data, **extra}
 
 
-def recommend_dim(scores: dict[int, float], threshold: float = 0.95, full_dim: int | None = None) -> int | None:
+def recommend_dim(scores: dict[int, float], threshold: float = 0.98, full_dim: int | None = None) -> int | None:
     """The smallest dim whose score is at least ``threshold`` times the full (largest) dim's score.
 
     Example:

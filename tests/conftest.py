@@ -22,7 +22,8 @@ TINY_DIM = 64
 def build_tiny_model(folder: Path, normalize: bool = True) -> SentenceTransformer:
     """A randomly initialised 2-layer BERT (hidden 64) with the committed test vocabulary."""
     torch.manual_seed(0)
-    tokenizer = BertTokenizerFast(vocab_file=str(FIXTURES / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores `vocab_file` here and silently builds a 5-token vocabulary: pass `vocab`
+    tokenizer = BertTokenizerFast(vocab=str(FIXTURES / "vocab.txt"), do_lower_case=True)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=TINY_DIM,

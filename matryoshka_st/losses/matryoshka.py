@@ -213,7 +213,7 @@ class MatryoshkaLoss(nn.Module):
                     f"{type(loss).__name__} has both a classifier head and gradient caching: unsupported."
                 )
             self.heads = MatryoshkaHeads(classifier, full_dim, self.matryoshka_dims, head_mode)
-        self.last_dim_losses: dict[int, float] = {}
+        self.last_dim_losses: dict[int, Tensor] = {}
 
     # -- forward paths ---------------------------------------------------------------------------------------------
     def _active(self) -> list[tuple[int, float]]:
@@ -251,7 +251,8 @@ class MatryoshkaLoss(nn.Module):
             }
         else:
             losses = self._forward_replay(sentence_features, labels, active)
-        self.last_dim_losses = {dim: float(value.detach()) for dim, value in losses.items()}
+        # detached tensors, not floats: converting would force a device sync on every step
+        self.last_dim_losses = {dim: value.detach() for dim, value in losses.items()}
         if self.log_per_dim:
             return {f"loss_dim_{dim}": value for dim, value in losses.items()}
         return torch.stack(list(losses.values())).sum()

@@ -135,7 +135,7 @@ class MatryoshkaArguments:
         },
     )
     recommend_threshold: float = field(
-        default=0.95,
+        default=0.98,
         metadata={
             "help": "The recommended truncate_dim written into the model is the smallest dim scoring at least this "
             "fraction of the full dim's score on the evaluator."

@@ -208,7 +208,7 @@ def test_log_per_dim_false_returns_tensor(tiny_model):
     value = loss(_pairs(tiny_model), None)
     assert isinstance(value, torch.Tensor) and value.ndim == 0
     assert set(loss.last_dim_losses) == set(DIMS)
-    assert float(value) == pytest.approx(sum(loss.last_dim_losses.values()), abs=1e-5)
+    assert float(value) == pytest.approx(float(sum(loss.last_dim_losses.values())), abs=1e-5)
 
 
 def test_n_dims_per_step_samples_dims(tiny_model):
