@@ -21,7 +21,7 @@ def test_adapt_writes_a_truncatable_model(model_dir, texts, tmp_path, method):
     expected = model.encode(texts[:8])
     reloaded = SentenceTransformer(str(output), device="cpu", truncate_dim=16)
     np.testing.assert_allclose(reloaded.encode(texts[:8]), expected[:, :16], atol=1e-6)
-    assert len(reloaded) == (4 if method == "pca" else 6)
+    assert len(reloaded) == (4 if method == "pca" else 7)
 
 
 def test_adapt_checks_arguments_before_loading_the_model(tmp_path, texts):
