@@ -93,4 +93,27 @@ def run(args: argparse.Namespace) -> int:
         "use it: SentenceTransformer(path).encode(texts, truncate_dim="
         f"{result.recommended_truncate_dim or min(result.dims)})"
     )
+    if config.default_job:
+        _default_job_report(config, result)
     return 0
+
+
+def _default_job_report(config, result) -> None:
+    """The embedded default job ends with the MTEB report (tables, plots) of base vs fine-tuned on the dev set."""
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, bundled_model_path
+    from matryoshka_st.evaluation import compare
+
+    models = {"base": bundled_model_path(), "fine-tuned": result.model_path}
+    loaded = {}
+    for label, path in models.items():
+        loaded[label] = SentenceTransformer(path, device="cpu")
+        # both read the same number of tokens, so the comparison is about the weights only
+        loaded[label].max_seq_length = config.model.max_seq_length or loaded[label].max_seq_length
+    output_dir = Path(config.training.output_dir) / "eval"
+    report = compare(loaded, SAMPLE_DEV_RETRIEVAL, dims=result.dims, output_dir=output_dir)
+    print(f"\nMTEB report, base vs fine-tuned on the shipped dev set ({output_dir / 'report'}):\n")
+    print(report.table)
