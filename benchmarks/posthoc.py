@@ -161,14 +161,22 @@ def timed(fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[o
     return result, time.process_time() - start
 
 
+def finetune_dir(cache: Path, args: argparse.Namespace, pca_texts: list[str] | None) -> Path:
+    tag = f"s{args.train_steps}-b{args.train_batch_size}-l{args.train_max_seq_length}-n{args.train_pairs}"
+    return cache / (f"model-pca{len(pca_texts)}-finetune-{tag}" if pca_texts else f"model-finetune-{tag}")
+
+
 def finetune(
     base_path: str, output: Path, pairs: list[dict[str, str]], args: argparse.Namespace, pca_texts: list[str] | None
-) -> str:
+) -> tuple[str, float]:
     """Matryoshka fine-tuning with sentence-transformers' trainer: ``MatryoshkaLoss(MultipleNegativesRankingLoss)``
     over ``args.dims``, ``args.train_steps`` steps. With ``pca_texts`` the model first gets a PCA rotation fitted on
-    them (``add_pca_rotation``), then trains exactly the same way. Returns the saved model's path."""
-    if (output / "modules.json").exists():
-        return str(output)
+    them (``add_pca_rotation``), then trains exactly the same way. Returns the saved model's path and the CPU seconds
+    it took (PCA fit included), both cached next to the model so a rerun only scores."""
+    seconds_file = output.parent / f"{output.name}.cpu_seconds.json"
+    if (output / "modules.json").exists() and seconds_file.exists():
+        return str(output), json.loads(seconds_file.read_text())["cpu_seconds"]
+    start = time.process_time()
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -205,7 +213,9 @@ def finetune(
     trainer.train()
     model.max_seq_length = args.max_seq_length
     model.save(str(output))
-    return str(output)
+    cpu_seconds = time.process_time() - start
+    seconds_file.write_text(json.dumps({"cpu_seconds": cpu_seconds}))
+    return str(output), cpu_seconds
 
 
 # -------------------------------------------------------------------------------------------------------------- report
@@ -353,13 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     finetuned = {"Matryoshka fine-tune": args.finetuned, "PCA + Matryoshka fine-tune": args.pca_finetuned}
     if args.train_steps:
         pairs = train_pairs(args.data, args.train_pairs, args.seed + 2)
-        tag = f"s{args.train_steps}-b{args.train_batch_size}-l{args.train_max_seq_length}-n{args.train_pairs}"
         for method, pca in (("Matryoshka fine-tune", None), ("PCA + Matryoshka fine-tune", texts)):
             if finetuned[method]:
                 continue
-            output = cache / f"model-{'pca-' if pca else ''}finetune-{tag}"
-            finetuned[method], cpu = timed(finetune, base_path, output, pairs, args, pca)
-            seconds.setdefault(method, cpu)  # 0 when the model was already cached
+            output = finetune_dir(cache, args, pca)
+            finetuned[method], seconds[method] = finetune(base_path, output, pairs, args, pca)
     for method, path in finetuned.items():
         if not path:
             continue
