@@ -273,6 +273,13 @@ def render_section(
     if results is not None:
         recommended = results.recommended_dim
         reason = f"the smallest that keeps at least {results.keep:.0%} of the full-dimension score in the table below"
+        below = sorted((d for d in results.scores["float32"] if d < results.full_dim), reverse=True)
+        if recommended == results.full_dim and below:
+            key = _MEAN if len(results.tasks) > 1 else next(iter(results.tasks))
+            reason = (
+                f"the full size: no smaller dimension keeps {results.keep:.0%} of its score in the table below; "
+                f"{below[0]} keeps {results.share(key, below[0]):.1%}"
+            )
     elif info["recommended_truncate_dim"]:
         recommended = info["recommended_truncate_dim"]
         rec = info["recommendation"] or {}
@@ -285,7 +292,9 @@ def render_section(
         )
     else:
         recommended, reason = full_dim, "no evaluation results: pass them to find a smaller one"
-    smaller = [d for d in dims if d < recommended]
+    # the snippet shows truncation even when the full size is recommended
+    serve_dim = recommended if recommended < full_dim or len(dims) == 1 else max(d for d in dims if d < full_dim)
+    smaller = [d for d in dims if d < serve_dim]
     columns, rows, caption = _quality_table(results) if results is not None else ([], [], "")
     bytes_dims = sorted(set(dims) | (set(results.scores["float32"]) if results else set()), reverse=True)
     bytes_rows, bytes_caption = _bytes_table(bytes_dims, recommended)
@@ -298,7 +307,8 @@ def render_section(
         full_dim=full_dim,
         recommended_dim=recommended,
         recommended_reason=reason,
-        small_dim=max(smaller) if smaller else min(dims),
+        serve_dim=serve_dim,
+        small_dim=max(smaller) if smaller else serve_dim,
         quality_columns=columns,
         quality_rows=rows,
         quality_caption=caption,

@@ -80,7 +80,7 @@ This model was trained with \[Matryoshka Representation Learning\]\(https://arxi
 The first `d` values of each 64-dimensional embedding are themselves an embedding: cut them to a
 smaller size for a faster search and a smaller index, at a small cost in quality.
 
-\*\*Recommended dimension: (?P<recommended>64|32|16)\*\* \(the smallest that keeps at least 98% of the full-dimension score in the table below\).
+\*\*Recommended dimension: (?P<recommended>64|32|16)\*\* \((?:the smallest that keeps at least 98% of the full-dimension score in the table below|the full size: no smaller dimension keeps 98% of its score in the table below; 32 keeps \d+\.\d%)\).
 
 ### Quality by dimension
 
@@ -125,11 +125,11 @@ One million vectors at (?P=recommended) dimensions take \d+ MB as float32, \d+ M
 ```python
 from sentence_transformers import SentenceTransformer
 
-# every embedding this model returns has (?P=recommended) dimensions
-model = SentenceTransformer\("you/tiny-matryoshka", truncate_dim=(?P=recommended)\)
+# every embedding this model returns has (?P<serve>32|16) dimensions
+model = SentenceTransformer\("you/tiny-matryoshka", truncate_dim=(?P=serve)\)
 embeddings = model.encode\(\["The weather is lovely today.", "It's so sunny outside!"\]\)
 print\(embeddings.shape\)
-# \(2, (?P=recommended)\)
+# \(2, (?P=serve)\)
 
 # or choose the size per call
 model = SentenceTransformer\("you/tiny-matryoshka"\)
@@ -142,7 +142,7 @@ For a dot-product \(inner-product\) index, truncated vectors must be unit length
 before truncation, so its truncated vectors are shorter than 1: ask `encode` to normalise after cutting.
 
 ```python
-embeddings = model.encode\(texts, truncate_dim=(?P=recommended), normalize_embeddings=True\)  # unit-length rows
+embeddings = model.encode\(texts, truncate_dim=(?P=serve), normalize_embeddings=True\)  # unit-length rows
 ```
 
 `model.similarity` uses cosine similarity, which does not need this. Stored full-size embeddings can be cut later

@@ -30,6 +30,9 @@ def test_whole_card_matches_pattern(trained_model_dir, summary):
     match = CARD_PATTERN.fullmatch(str(card))
     assert match is not None, str(card)
     assert int(match["recommended"]) == summary.recommended_dim
+    # the snippet serves the recommended dim, or the largest trained dim below the full size when that is it
+    assert int(match["serve"]) == (summary.recommended_dim if summary.recommended_dim < 64 else 32)
+    assert int(match["small"]) < int(match["serve"]) or match["small"] == match["serve"] == "16"
 
 
 def test_eval_summary_values(summary):
@@ -115,3 +118,17 @@ def test_results_with_several_models(trained_model_dir, tmp_path):
         load_eval_results([results], tmp_path / "r4", model="other")
     with pytest.raises(CardError, match="does not exist"):
         load_eval_results([tmp_path / "missing"], tmp_path / "r5")
+
+
+def test_full_size_recommended_still_shows_truncation(trained_model_dir):
+    from matryoshka_st.hub import EvalSummary
+    from matryoshka_st.hub.card import render_section
+
+    scores = {"float32": {64: {"t": 0.50, "mean": 0.50}, 32: {"t": 0.45, "mean": 0.45}}}
+    results = EvalSummary("tuned", {"t": "ndcg_at_10"}, 64, 0.98, 64, scores)
+    section = render_section(trained_model_dir, model_id="you/t", results=results)
+    assert "**Recommended dimension: 64** (the full size: no smaller dimension keeps 98% of its score" in section
+    assert "32 keeps 90.0%" in section
+    assert 'SentenceTransformer("you/t", truncate_dim=32)' in section
+    assert "| **64** | 0.5000 (100.0%) |\n| 32 | 0.4500 (90.0%) |" in section
+    assert "![" not in section  # no plot file without a rendered report
