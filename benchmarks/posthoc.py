@@ -161,6 +161,25 @@ def timed(fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[o
     return result, time.process_time() - start
 
 
+def fit_adaptor_cached(
+    cache: Path, name: str, docs: np.ndarray, dims: list[int], pairs: tuple[np.ndarray, np.ndarray] | None, **settings
+):
+    """``(adaptor, CPU seconds of its fit)``, from ``cache`` when this exact fit was done before."""
+    from matryoshka_st.posthoc import MatryoshkaAdaptor
+
+    parts = [docs.tobytes(), json.dumps([name, dims, sorted(settings.items())]).encode()]
+    if pairs is not None:
+        parts += [pairs[0].tobytes(), pairs[1].tobytes()]
+    key = hashlib.sha1(b"".join(parts)).hexdigest()[:16]
+    folder = cache / f"adaptor-{key}"
+    if (folder / "cpu_seconds.json").exists():
+        return MatryoshkaAdaptor.load(folder), json.loads((folder / "cpu_seconds.json").read_text())["cpu_seconds"]
+    adaptor, seconds = timed(MatryoshkaAdaptor.fit, docs, dims, pairs=pairs, **settings)
+    adaptor.save(folder)
+    (folder / "cpu_seconds.json").write_text(json.dumps({"cpu_seconds": seconds}))
+    return adaptor, seconds
+
+
 def finetune_dir(cache: Path, args: argparse.Namespace, pca_texts: list[str] | None) -> Path:
     tag = f"s{args.train_steps}-b{args.train_batch_size}-l{args.train_max_seq_length}-n{args.train_pairs}"
     return cache / (f"model-pca{len(pca_texts)}-finetune-{tag}" if pca_texts else f"model-finetune-{tag}")
@@ -289,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from matryoshka_st._bundled import bundled_model_path
     from matryoshka_st.dims import validate_dims
-    from matryoshka_st.posthoc import MatryoshkaAdaptor, fit_pca_rotation
+    from matryoshka_st.posthoc import fit_pca_rotation
 
     torch.set_num_threads(args.threads)
     dims = validate_dims(args.dims)[0]
@@ -335,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     # The Matryoshka-Adaptor on frozen embeddings: unsupervised on the corpus, then with train pairs as well.
     settings = {"steps": args.adaptor_steps, "seed": args.seed, "num_threads": args.threads}
     for task, (queries, docs) in base.items():
-        adaptor, seconds[f"adaptor (task corpus)|{task}"] = timed(MatryoshkaAdaptor.fit, docs, dims, **settings)
+        adaptor, seconds[f"adaptor (task corpus)|{task}"] = fit_adaptor_cached(
+            cache, task, docs, dims, None, **settings
+        )
         score(
             "adaptor (task corpus)",
             task,
@@ -348,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         anchors = encode_cached(base_path, [p["anchor"] for p in pairs], cache, length, seconds, "encode pairs")
         positives = encode_cached(base_path, [p["positive"] for p in pairs], cache, length, seconds, "encode pairs")
         for task, (queries, docs) in base.items():
-            adaptor, seconds[f"adaptor + pairs|{task}"] = timed(
-                MatryoshkaAdaptor.fit, docs, dims, pairs=(anchors, positives), **settings
+            adaptor, seconds[f"adaptor + pairs|{task}"] = fit_adaptor_cached(
+                cache, task, docs, dims, (anchors, positives), **settings
             )
             score(
                 "adaptor + pairs",
@@ -371,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     for method, path in finetuned.items():
         if not path:
             continue
+        seconds_file = Path(f"{Path(path)}.cpu_seconds.json")
+        if method not in seconds and seconds_file.exists():
+            seconds[method] = json.loads(seconds_file.read_text())["cpu_seconds"]
         for task, (_, q, _, d, _) in tasks.items():
             queries = encode_cached(path, q, cache, length, seconds, f"encode {method}")
             docs = encode_cached(path, d, cache, length, seconds, f"encode {method}")
