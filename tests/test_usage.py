@@ -8,14 +8,14 @@ from sentence_transformers import SentenceTransformer
 
 from matryoshka_st.dims import truncate_numpy
 from matryoshka_st.usage import encode_truncated, matryoshka_info
-from tests.hub._helpers import train_tiny_model
+from tests.hub._helpers import shared_trained_model
 
 TEXTS = ["a cat on a mat", "the stock market fell today", "rain is expected tomorrow"]
 
 
 @pytest.fixture(scope="module")
 def trained_model_dir(tmp_path_factory) -> str:
-    return train_tiny_model(tmp_path_factory.mktemp("usage_trained"))
+    return shared_trained_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

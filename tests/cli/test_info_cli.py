@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from matryoshka_st.cli import main
-from tests.hub._helpers import train_tiny_model
+from tests.hub._helpers import shared_trained_model
 
 
 @pytest.fixture(scope="module")
 def trained_model_dir(tmp_path_factory) -> str:
-    return train_tiny_model(tmp_path_factory.mktemp("info_trained"))
+    return shared_trained_model(tmp_path_factory)
 
 
 def test_info_prints_dims_weights_and_recommendation(trained_model_dir, capsys):

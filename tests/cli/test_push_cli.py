@@ -11,14 +11,14 @@ import pytest
 from huggingface_hub import HfApi
 
 from matryoshka_st.cli import main
-from tests.hub._helpers import evaluate_models, train_tiny_model
+from tests.hub._helpers import evaluate_models, shared_trained_model
 
 TOKEN = "hf_cliTOKENthatMustNeverBeWritten0123"
 
 
 @pytest.fixture(scope="module")
 def trained_model_dir(tmp_path_factory) -> str:
-    return train_tiny_model(tmp_path_factory.mktemp("push_trained"))
+    return shared_trained_model(tmp_path_factory)
 
 
 @pytest.fixture()

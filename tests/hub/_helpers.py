@@ -42,6 +42,16 @@ def train_tiny_model(folder: Path) -> str:
     return run(config).model_path
 
 
+_SHARED: dict[str, str] = {}
+
+
+def shared_trained_model(tmp_path_factory) -> str:
+    """:func:`train_tiny_model` once per test session, for every test module that only reads the model."""
+    if "path" not in _SHARED:
+        _SHARED["path"] = train_tiny_model(tmp_path_factory.mktemp("trained"))
+    return _SHARED["path"]
+
+
 def write_beir(folder: Path) -> Path:
     """Six queries, eight documents, query i relevant to document i."""
     write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(DOCS)])

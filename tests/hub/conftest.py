@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hub._helpers import evaluate_models, train_tiny_model
+from tests.hub._helpers import evaluate_models, shared_trained_model
 
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory) -> str:
     """A tiny model saved by the training library: README.md by sentence-transformers, matryoshka_config.json."""
-    return train_tiny_model(tmp_path_factory.mktemp("trained"))
+    return shared_trained_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
