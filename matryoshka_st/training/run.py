@@ -354,6 +354,9 @@ def _load_model(config: TrainConfig) -> SentenceTransformer:
         ) from error
     if config.model.max_seq_length is not None:
         model.max_seq_length = config.model.max_seq_length
+    if config.model.model_name_or_path is None and model.model_card_data.base_model is None:
+        # the bundled folder has no Hub id of its own; the card should name the model it is a copy of
+        model.model_card_data.base_model = "sentence-transformers/all-MiniLM-L6-v2"
     return model
 
 
