@@ -123,6 +123,16 @@ class MatryoshkaArguments:
         default="separate",
         metadata={"help": "For losses with a classifier head: a head per dim (MRL) or one sliced head (MRL-E)."},
     )
+    init: Literal["none", "pca"] = field(
+        default="none",
+        metadata={
+            "help": "Start from a PCA-rotated model (matryoshka_st.posthoc.add_pca_rotation) fitted on embeddings of "
+            "the training texts: coordinates ordered by variance, full-dim similarities unchanged."
+        },
+    )
+    init_texts: int = field(
+        default=5000, metadata={"help": "With --init pca: how many training texts to fit the rotation on."}
+    )
     gather_across_devices: bool = field(
         default=False,
         metadata={"help": "Gather in-batch negatives across processes (losses that support it, e.g. MNRL)."},

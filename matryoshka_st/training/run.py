@@ -314,6 +314,10 @@ def _check_arguments(config: TrainConfig, resume: str | None) -> None:
         raise ConfigError("--matryoshka_weights needs --matryoshka_dims: give one weight per dim.")
     if mrl.n_dims_per_step == 0 or mrl.n_dims_per_step < -1:
         raise ConfigError(f"n_dims_per_step must be -1 (all dims) or a positive number, got {mrl.n_dims_per_step}.")
+    if mrl.init not in ("none", "pca"):
+        raise ConfigError(f"--init must be 'none' or 'pca', got {mrl.init!r}.")
+    if mrl.init_texts < 2:
+        raise ConfigError(f"--init_texts must be at least 2, got {mrl.init_texts}.")
     if mrl.head_mode not in HEAD_MODES:
         raise ConfigError(f"head_mode must be one of {HEAD_MODES}, got {mrl.head_mode!r}.")
     if not 0 < mrl.recommend_threshold <= 1:
@@ -358,6 +362,19 @@ def _load_model(config: TrainConfig) -> SentenceTransformer:
         # the bundled folder has no Hub id of its own; the card should name the model it is a copy of
         model.model_card_data.base_model = "sentence-transformers/all-MiniLM-L6-v2"
     return model
+
+
+def _init_pca(model: SentenceTransformer, train_dataset: Any, spec: Any, n_texts: int) -> None:
+    """``--init pca``: rotate the model's coordinates by variance on its own training texts before training."""
+    from matryoshka_st.posthoc import add_pca_rotation
+
+    texts: list[str] = []
+    for column in spec.text_columns:
+        texts.extend(str(text) for text in train_dataset[column][: n_texts - len(texts)])
+        if len(texts) >= n_texts:
+            break
+    logger.info("Fitting a PCA rotation on %d training texts (--init pca).", len(texts))
+    add_pca_rotation(model, texts=list(dict.fromkeys(texts)))
 
 
 def _build_loss(model: SentenceTransformer, spec: LossSpec, config: TrainConfig, dims: list[int]) -> MatryoshkaLoss:
@@ -498,6 +515,8 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     train_dataset, eval_dataset, spec = _load_datasets(config)
 
     model = _load_model(config)
+    if config.matryoshka.init == "pca" and resume is None:
+        _init_pca(model, train_dataset, spec, config.matryoshka.init_texts)
     full_dim = full_embedding_dim(model)
     if full_dim is None:
         raise ConfigError("The model does not report its embedding dimension: pass --matryoshka_dims.")
