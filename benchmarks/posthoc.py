@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     header = (
-        f"## Post-hoc Matryoshka on {Path(base_path).name}\n\n"
+        f"## Post-hoc Matryoshka on {args.model or 'all-MiniLM-L6-v2 (bundled)'}\n\n"
         f"`python benchmarks/{Path(__file__).name} {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
         f"Machine: {machine()}. CPU s: process CPU time of fitting / training only."
     )
