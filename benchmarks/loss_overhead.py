@@ -25,8 +25,8 @@ import sentence_transformers
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.util import batch_to_device
 from sentence_transformers.sentence_transformer import losses as st_losses
+from sentence_transformers.util import batch_to_device
 from torch import nn
 
 import matryoshka_st
