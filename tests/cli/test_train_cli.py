@@ -11,15 +11,7 @@ from matryoshka_st.cli import main
 from matryoshka_st.metadata import read_matryoshka_config
 from tests.training._helpers import console_script, pair_rows, run_subprocess, save_tiny_model, write_jsonl
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.training._helpers import pair_rows, save_tiny_model, write_jsonl
+from tests._data import DOCS, QUERIES, write_beir, write_jsonl  # noqa: F401  (re-exported to the hub tests)
+from tests.training._helpers import pair_rows, save_tiny_model
 
-QUERIES = ["a cat on a mat", "dogs in the park", "the market fell", "rain tomorrow", "piano music", "reading books"]
-DOCS = [
-    "the cat sat on the mat",
-    "a dog ran in the park",
-    "the stock market fell today",
-    "rain is expected tomorrow",
-    "she plays the piano",
-    "he reads a book every night",
-    "the train left the station",
-    "bread is baked in an oven",
-]
 EVAL_DIMS = [64, 32, 16]
 
 
@@ -50,16 +40,6 @@ def shared_trained_model(tmp_path_factory) -> str:
     if "path" not in _SHARED:
         _SHARED["path"] = train_tiny_model(tmp_path_factory.mktemp("trained"))
     return _SHARED["path"]
-
-
-def write_beir(folder: Path) -> Path:
-    """Six queries, eight documents, query i relevant to document i."""
-    write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(DOCS)])
-    write_jsonl(folder / "queries.jsonl", [{"_id": f"q{i}", "text": t} for i, t in enumerate(QUERIES)])
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    lines = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in range(len(QUERIES))]
-    (folder / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
 
 
 def evaluate_models(models: dict[str, str], folder: Path, precisions=("float32", "int8", "binary")) -> Path:

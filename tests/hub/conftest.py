@@ -18,13 +18,9 @@ def eval_dir(trained_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs the tiny model with one intra-op thread (see ``tests/conftest.py``)."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
+from tests._data import write_jsonl  # noqa: F401  (re-exported to the training tests)
 from tests.conftest import FIXTURES, build_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,14 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 def _words() -> list[str]:
     words = [line.strip() for line in open(FIXTURES / "vocab.txt", encoding="utf-8")]
     return [w for w in words if w.isalpha() and len(w) > 2][:400]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    return path
 
 
 def pair_rows(n: int = 64, seed: int = 0) -> list[dict]:
@@ -62,7 +54,7 @@ def save_tiny_model(folder: Path) -> str:
 def cli_env() -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"  # see the _one_torch_thread fixture
+    env["OMP_NUM_THREADS"] = "1"  # see the one_torch_thread fixture in tests/conftest.py
     return env
 
 

@@ -17,11 +17,6 @@ def pairs_file(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy machine they slow each step several-fold."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs the tiny model with one intra-op thread (see ``tests/conftest.py``)."""
     yield
-    torch.set_num_threads(threads)
