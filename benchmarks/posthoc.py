@@ -76,8 +76,20 @@ def ndcg_at_10(
     qrels: dict[str, dict[str, int]],
     dim: int,
 ) -> float:
-    """Mean nDCG@10 over the queries that have qrels, exact cosine search on the first ``dim`` coordinates
-    (renormalised); gain = relevance grade, discount log2(rank + 1), as in pytrec_eval / mteb."""
+    """Mean nDCG@10 over the queries that have qrels (see :func:`ndcg_at_10_per_query`)."""
+    return float(np.mean(ndcg_at_10_per_query(query_emb, doc_emb, query_ids, doc_ids, qrels, dim)))
+
+
+def ndcg_at_10_per_query(
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    query_ids: list[str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    dim: int,
+) -> np.ndarray:
+    """nDCG@10 of each query that has qrels, in ``query_ids`` order, exact cosine search on the first ``dim``
+    coordinates (renormalised); gain = relevance grade, discount log2(rank + 1), as in pytrec_eval / mteb."""
     from matryoshka_st.dims import truncate_numpy
 
     q = truncate_numpy(query_emb, dim)
@@ -94,7 +106,7 @@ def ndcg_at_10(
         gains = np.array([relevant.get(doc_ids[i], 0) for i in order[row]], dtype=np.float64)
         ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1][:10]
         values.append(float(gains @ discounts[: len(gains)]) / float(ideal @ discounts[: len(ideal)]))
-    return float(np.mean(values))
+    return np.array(values)
 
 
 def train_texts(data: Path, n: int, seed: int) -> list[str]:
