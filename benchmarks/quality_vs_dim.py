@@ -509,6 +509,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=HERE.parent.parent / "shared" / "data",
         help="folder holding train/pairs.jsonl.gz and dev/<task>/ (default: ../shared/data)",
     )
+    parser.add_argument("--base", default=None, help="model to fine-tune (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--pairs", type=int, default=9600, help="retrieval training pairs (default 9600)")
     parser.add_argument("--steps", type=int, default=150, help="training steps per variant (default 150)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -554,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     n_classification = (args.head_steps * args.head_batch_size + args.head_test) if args.head_steps else 0
     retrieval, pool = split_sample(read_pairs(args.data, args.sample_seed), args.pairs, n_classification)
     tasks = {task: load_task(args.data / "dev" / task) for task in TASKS}
-    base = bundled_model_path()
+    base = args.base or bundled_model_path()
     args.output.mkdir(parents=True, exist_ok=True)
 
     common = dict(
@@ -601,11 +602,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 heads[mode] = head_accuracy(folder, mode, test, args.device)
         runs[seed] = dict(per_query=per_query, facts=facts, heads=heads)
-    write_results(args, runs)
+        write_results(args, runs, final=seed == args.seeds[-1])  # after every seed: a cut-off run keeps its seeds
     return 0
 
 
-def write_results(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> None:
+def write_results(args: argparse.Namespace, runs: dict[int, dict[str, Any]], final: bool = True) -> None:
     seeds = list(runs)
     names = list(runs[seeds[0]]["per_query"])
     means = {
@@ -678,7 +679,8 @@ def write_results(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> 
     (args.output / f"{stem}.md").write_text("\n".join(out), encoding="utf-8")
     (args.output / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     plot(means[seeds[0]], args.output / f"{stem}.png")
-    print("\n".join(out))
+    if final:
+        print("\n".join(out))
 
 
 if __name__ == "__main__":
