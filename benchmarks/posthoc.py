@@ -95,7 +95,8 @@ def ndcg_at_10_per_query(
     q = truncate_numpy(query_emb, dim)
     d = truncate_numpy(doc_emb, dim)
     scores = q @ d.T  # (Q, D)
-    top = np.argpartition(-scores, 10, axis=1)[:, :10]
+    k = min(10, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
     discounts = 1.0 / np.log2(np.arange(2, 12))
     values = []
