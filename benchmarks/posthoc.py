@@ -68,18 +68,6 @@ def load_task(folder: Path) -> tuple[list[str], list[str], list[str], list[str],
     return [r["_id"] for r in queries], [r["text"] for r in queries], [r["_id"] for r in corpus], docs, qrels
 
 
-def ndcg_at_10(
-    query_emb: np.ndarray,
-    doc_emb: np.ndarray,
-    query_ids: list[str],
-    doc_ids: list[str],
-    qrels: dict[str, dict[str, int]],
-    dim: int,
-) -> float:
-    """Mean nDCG@10 over the queries that have qrels (see :func:`ndcg_at_10_per_query`)."""
-    return float(np.mean(ndcg_at_10_per_query(query_emb, doc_emb, query_ids, doc_ids, qrels, dim)))
-
-
 def ndcg_at_10_per_query(
     query_emb: np.ndarray,
     doc_emb: np.ndarray,
@@ -346,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     def score(method: str, task: str, queries: np.ndarray, docs: np.ndarray, note: str) -> None:
         query_ids, _, doc_ids, _, qrels = tasks[task]
         scores.setdefault(method, {})[task] = {
-            d: ndcg_at_10(queries, docs, query_ids, doc_ids, qrels, d) for d in dims
+            d: float(ndcg_at_10_per_query(queries, docs, query_ids, doc_ids, qrels, d).mean()) for d in dims
         }
         notes[method] = note
         logger.info("%s on %s: %s", method, task, {d: round(v, 3) for d, v in scores[method][task].items()})
