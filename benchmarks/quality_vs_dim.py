@@ -379,16 +379,21 @@ def score_with_harness(
     return per_query
 
 
+_NUMPY_SCORES: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+
+
 def score_with_numpy(models: dict[str, str], tasks: dict[str, tuple], device: str) -> dict:
+    """Per-query nDCG@10 without mteb; each model folder is encoded once per process (the base model serves every
+    seed)."""
     from sentence_transformers import SentenceTransformer
 
-    per_query = {}
-    for name, path in models.items():
-        model = SentenceTransformer(path, device=device)
-        per_query[name] = per_query_scores(
-            lambda texts, m=model: m.encode(texts, batch_size=128, convert_to_numpy=True).astype(np.float32), tasks
-        )
-    return per_query
+    for path in models.values():
+        if path not in _NUMPY_SCORES:
+            model = SentenceTransformer(path, device=device)
+            _NUMPY_SCORES[path] = per_query_scores(
+                lambda texts, m=model: m.encode(texts, batch_size=128, convert_to_numpy=True).astype(np.float32), tasks
+            )
+    return {name: _NUMPY_SCORES[path] for name, path in models.items()}
 
 
 # -------------------------------------------------------------------------------------------------------------- report
