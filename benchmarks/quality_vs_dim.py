@@ -367,10 +367,13 @@ def score_with_harness(
         )
         harness[name] = {(r.result.task_name, r.dim): r.score for r in runs}
         if any(r.skipped for r in runs):  # finished results were loaded, nothing was encoded: encode now
-            model.encode(sorted({t.strip() for task in tasks.values() for t in task[1] + task[3]}), batch_size=64)
-        # mteb strips each text before encoding (whitespace does not change the tokens)
+            model.encode(sorted({t for task in tasks.values() for t in task[1] + task[3]}), batch_size=64)
+        # mteb strips corpus texts (not queries) before encoding; whitespace does not change the tokens
         per_query[name] = per_query_scores(
-            lambda texts, r=recorder: np.stack([r.vectors[t.strip()] for t in texts]), tasks
+            lambda texts, r=recorder: np.stack(
+                [r.vectors[t] if t in r.vectors else r.vectors[t.strip()] for t in texts]
+            ),
+            tasks,
         )
     for name, scores in per_query.items():
         for task, by_dim in scores.items():
