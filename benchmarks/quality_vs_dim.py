@@ -262,7 +262,7 @@ def train_heads(
 
         model = SentenceTransformer(base, device=args.device)
         eval_max_seq_length = model.max_seq_length
-        model.max_seq_length = args.max_seq_length
+        model.max_seq_length = args.head_max_seq_length
         inner = st_losses.SoftmaxLoss(model, TRAIN_DIMS[0], num_labels=len(LABELS))
         loss = MatryoshkaLoss(model, inner, list(TRAIN_DIMS), head_mode=mode)
         trainer = SentenceTransformerTrainer(
@@ -527,7 +527,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-seq-length", type=int, default=128, help="in training; evaluation uses the model's")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--head-steps", type=int, default=60, help="0 skips the heads comparison")
+    parser.add_argument("--head-steps", type=int, default=200, help="0 skips the heads comparison")
+    parser.add_argument("--head-max-seq-length", type=int, default=64, help="in the heads' training")
     parser.add_argument("--head-batch-size", type=int, default=32)
     parser.add_argument("--head-test", type=int, default=1500, help="classification test pairs")
     parser.add_argument("--sample-seed", type=int, default=0, help="picks the training sample")
@@ -544,7 +545,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scorer == "harness" and len(args.seeds) > 1:
         parser.error("--seeds with several seeds needs --scorer numpy")
-    for name in ("pairs", "steps", "batch_size", "head_batch_size", "head_test"):
+    for name in ("pairs", "steps", "batch_size", "head_batch_size", "head_max_seq_length", "head_test"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.head_steps < 0:
@@ -604,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                     variant=f"heads-{mode}",
                     steps=args.head_steps,
                     batch_size=args.head_batch_size,
+                    max_seq_length=args.head_max_seq_length,
                     seed=seed,
                     dims=TRAIN_DIMS,
                     n=len(train_rows),
@@ -633,6 +635,13 @@ def write_results(args: argparse.Namespace, runs: dict[int, dict[str, Any]], fin
         + f"), {args.steps} steps, batch {args.batch_size} (one source per batch, no duplicates), "
         f"lr {args.learning_rate}, warmup 10%, max_seq_length {args.max_seq_length} in training, "
         f"seeds {seeds}, device {machine(args.device)}"
+        + (
+            f"; heads: SoftmaxLoss, {args.head_steps} steps, batch {args.head_batch_size}, max_seq_length "
+            f"{args.head_max_seq_length}, {args.head_steps * args.head_batch_size} training and {args.head_test} test "
+            "pairs, labels cycling own positive / same source / other source"
+            if args.head_steps
+            else ""
+        )
     )
     out = [
         "# Quality against dimension",
