@@ -485,7 +485,8 @@ def plot(means: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4.2))
     for ax, task in zip(axes, TASKS, strict=True):
         for name, by_task in means.items():
-            ax.plot(EVAL_DIMS, [by_task[task][d] for d in EVAL_DIMS], marker="o", label=name)
+            style = dict(linestyle="--", marker="x", markersize=9) if name == "reference" else dict(marker="o")
+            ax.plot(EVAL_DIMS, [by_task[task][d] for d in EVAL_DIMS], label=name, **style)
         ax.set_xscale("log", base=2)
         ax.set_xticks(EVAL_DIMS, [str(d) for d in EVAL_DIMS])
         ax.set_xlabel("embedding dimension (prefix, renormalised)")
