@@ -366,6 +366,11 @@ def score_with_harness(
             show_progress_bar=False,
         )
         harness[name] = {(r.result.task_name, r.dim): r.score for r in runs}
+        stored = cache / "per_query" / f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:10]}.npz"
+        if all(r.skipped for r in runs) and stored.is_file():  # scored before: nothing to encode
+            with np.load(stored) as arrays:
+                per_query[name] = {t: {d: arrays[f"{t}@{d}"] for d in EVAL_DIMS} for t in tasks}
+            continue
         if any(r.skipped for r in runs):  # finished results were loaded, nothing was encoded: encode now
             model.encode(sorted({t for task in tasks.values() for t in task[1] + task[3]}), batch_size=64)
         # mteb strips corpus texts (not queries) before encoding; whitespace does not change the tokens
@@ -375,6 +380,8 @@ def score_with_harness(
             ),
             tasks,
         )
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(stored, **{f"{t}@{d}": v for t, by_dim in per_query[name].items() for d, v in by_dim.items()})
     for name, scores in per_query.items():
         for task, by_dim in scores.items():
             for dim, values in by_dim.items():
@@ -474,6 +481,24 @@ def targets(
     lines = ["| dev set | target | measured (95% paired-bootstrap interval) | met |", "|---|---|---|---|"]
     lines += [f"| {c['task']} | {c['target']} | {c['value']} | {'yes' if c['met'] else 'no'} |" for c in checks]
     return lines, checks
+
+
+def differences(
+    per_query: dict[str, dict[str, dict[int, np.ndarray]]], rng: np.random.Generator, against: str = "matryoshka"
+) -> list[str]:
+    """Every other fine-tune minus ``against``, per dev set and dim: mean nDCG@10 points and the 95% interval."""
+    others = [n for n in per_query if n not in ("base", against)]
+    lines = ["| dev set | dim | " + " | ".join(f"{n} - {against}" for n in others) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(others))
+    for task in TASKS:
+        for dim in EVAL_DIMS:
+            cells = []
+            for name in others:
+                diff = per_query[name][task][dim] - per_query[against][task][dim]
+                low, high = bootstrap_interval(diff, rng)
+                cells.append(f"{100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
+            lines.append(f"| {task} | {dim} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(means: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
@@ -670,6 +695,9 @@ def write_results(args: argparse.Namespace, runs: dict[int, dict[str, Any]], fin
             lines, checks = targets(run["per_query"], np.random.default_rng(seed))
             out += ["### Targets", ""] + lines + [""]
             summary["seeds"][seed]["targets"] = checks
+        if "matryoshka" in names and len(names) > 2:
+            out += ["### Differences to matryoshka, nDCG@10 points (95% paired-bootstrap interval over queries)", ""]
+            out += differences(run["per_query"], np.random.default_rng(seed)) + [""]
         if run["heads"]:
             out += [
                 "### Heads: 3-way pair classification, test accuracy by dim",
