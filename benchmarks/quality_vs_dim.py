@@ -32,7 +32,7 @@ proportional multi-dataset sampler, no duplicate texts in a batch), so in-batch 
 The dev sets' package families and synsets are not in the training pairs.
 
 Models are cached under ``--cache-dir`` (keyed by every setting that changes them); delete it to retrain. One command
-from a clean clone (about 50 minutes on a 2-core CPU)::
+from a clean clone (about 75 minutes on a 2-core CPU)::
 
     python benchmarks/quality_vs_dim.py --data ../shared/data
 """
