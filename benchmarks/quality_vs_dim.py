@@ -220,32 +220,45 @@ def cached_model(
     return folder, facts
 
 
+def heads_loss(model: Any, mode: str) -> Any:
+    """Our ``MatryoshkaLoss`` around a 3-way ``SoftmaxLoss``, with heads per dim in ``mode``."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from matryoshka_st import MatryoshkaLoss
+
+    inner = st_losses.SoftmaxLoss(model, TRAIN_DIMS[0], num_labels=len(LABELS))
+    return MatryoshkaLoss(model, inner, list(TRAIN_DIMS), head_mode=mode)
+
+
+def fit(model: Any, loss: Any, dataset: Any, folder: Path, training_args: Any, max_seq_length: int) -> dict[str, Any]:
+    """Train ``model`` at ``max_seq_length``, save it into ``folder`` at its own length, return the facts to keep."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    eval_max_seq_length = model.max_seq_length
+    model.max_seq_length = max_seq_length
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset, loss=loss)
+    output = trainer.train()
+    model.max_seq_length = eval_max_seq_length
+    model.save(str(folder))
+    return {"train_loss": output.training_loss, "steps": output.global_step, "log": trainer.state.log_history}
+
+
 def train_retrieval(
     variant: str, base: str, retrieval: dict[str, list[dict[str, str]]], args: argparse.Namespace, seed: int
 ) -> Callable[[Path], dict[str, Any]]:
     def train(folder: Path) -> dict[str, Any]:
         from datasets import Dataset, DatasetDict
-        from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+        from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(base, device=args.device)
-        eval_max_seq_length = model.max_seq_length
-        model.max_seq_length = args.max_seq_length
         datasets = DatasetDict(
             {
                 source: Dataset.from_list([{"anchor": r["anchor"], "positive": r["positive"]} for r in rows])
                 for source, rows in retrieval.items()
             }
         )
-        trainer = SentenceTransformerTrainer(
-            model=model,
-            args=training_arguments(args, folder, args.steps, args.batch_size, seed),
-            train_dataset=datasets,
-            loss=make_loss(variant, model),
-        )
-        output = trainer.train()
-        model.max_seq_length = eval_max_seq_length
-        model.save(str(folder))
-        return {"train_loss": output.training_loss, "steps": output.global_step, "log": trainer.state.log_history}
+        training_args = training_arguments(args, folder, args.steps, args.batch_size, seed)
+        return fit(model, make_loss(variant, model), datasets, folder, training_args, args.max_seq_length)
 
     return train
 
@@ -255,27 +268,14 @@ def train_heads(
 ) -> Callable[[Path], dict[str, Any]]:
     def train(folder: Path) -> dict[str, Any]:
         from datasets import Dataset
-        from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-        from sentence_transformers.sentence_transformer import losses as st_losses
-
-        from matryoshka_st import MatryoshkaLoss
+        from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(base, device=args.device)
-        eval_max_seq_length = model.max_seq_length
-        model.max_seq_length = args.head_max_seq_length
-        inner = st_losses.SoftmaxLoss(model, TRAIN_DIMS[0], num_labels=len(LABELS))
-        loss = MatryoshkaLoss(model, inner, list(TRAIN_DIMS), head_mode=mode)
-        trainer = SentenceTransformerTrainer(
-            model=model,
-            args=training_arguments(args, folder, args.head_steps, args.head_batch_size, seed),
-            train_dataset=Dataset.from_list(rows),
-            loss=loss,
-        )
-        output = trainer.train()
-        model.max_seq_length = eval_max_seq_length
-        model.save(str(folder))
+        loss = heads_loss(model, mode)
+        training_args = training_arguments(args, folder, args.head_steps, args.head_batch_size, seed)
+        facts = fit(model, loss, Dataset.from_list(rows), folder, training_args, args.head_max_seq_length)
         loss.save_heads(str(folder / "heads"))
-        return {"train_loss": output.training_loss, "steps": output.global_step, "log": trainer.state.log_history}
+        return facts
 
     return train
 
@@ -285,15 +285,11 @@ def head_accuracy(folder: Path, mode: str, rows: list[dict[str, Any]], device: s
     renormalised embeddings with that dim's head (exactly what the loss fed it in training)."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import losses as st_losses
 
-    from matryoshka_st import MatryoshkaLoss
     from matryoshka_st.dims import truncate
 
     model = SentenceTransformer(str(folder), device=device)
-    loss = MatryoshkaLoss(
-        model, st_losses.SoftmaxLoss(model, TRAIN_DIMS[0], num_labels=len(LABELS)), list(TRAIN_DIMS), head_mode=mode
-    )
+    loss = heads_loss(model, mode)
     loss.load_heads(str(folder / "heads"))
     encode = dict(batch_size=64, convert_to_tensor=True, normalize_embeddings=False)
     u = model.encode([r["sentence1"] for r in rows], **encode)
@@ -597,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
 
     common = dict(
-        base="all-MiniLM-L6-v2",
+        base=args.base or "all-MiniLM-L6-v2",  # the bundled model keeps its short name in the cache key
         pairs=args.pairs,
         sample_seed=args.sample_seed,
         mix=MIX,
