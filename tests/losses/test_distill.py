@@ -20,7 +20,7 @@ def _kl_by_hand(anchors, candidates, dim, scale, temperature):
     total = 0.0
     for a in anchors:
 
-        def probs(d):
+        def probs(d, a=a):
             x = a[:d] / a[:d].norm()
             logits = [scale * float(x @ (c[:d] / c[:d].norm())) / temperature for c in candidates]
             m = max(logits)
