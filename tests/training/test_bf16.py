@@ -75,3 +75,5 @@ def test_console_script_bf16_with_cached_mnrl(tiny_model_dir, pairs_file, tmp_pa
     assert len(logged) == 3
     assert all(math.isfinite(entry[key]) for entry in logged for key in ("loss", "loss_dim_64", "loss_dim_32"))
     assert "saved to" in process.stdout
+    # a normal run logs the world size it got
+    assert "Launched: world size 1 (distributed type NO, device cpu, mixed precision bf16" in process.stderr
