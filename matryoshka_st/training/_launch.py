@@ -37,6 +37,8 @@ def log_launch(training: TrainingArguments) -> str:
     if training.process_index != 0:
         return line
     logger.info(line)
+    if training.fp16 and training.device.type == "cpu":
+        logger.warning("--fp16 has no effect on CPU (accelerate autocasts float16 on GPUs only): use --bf16 there.")
     if world_size == 1:
         if os.environ.get("ACCELERATE_USE_CPU", "").lower() in _TRUE:
             logger.warning(

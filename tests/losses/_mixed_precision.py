@@ -38,10 +38,12 @@ def _split(case_id: str) -> tuple[str, str]:
 
 
 def per_dim_losses(
-    model, case_id: str, device: str, dtype: torch.dtype | None
+    model, case_id: str, device: str, dtype: torch.dtype | None, loss_scale: float = 1.0
 ) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
     """One forward and backward of ``MatryoshkaLoss`` on a fresh copy of ``model``: the per-dim loss values and the
-    gradients of every parameter (encoder and heads), in float32. ``dtype=None`` runs in float32 without autocast."""
+    gradients of every parameter (encoder and heads), in float32. ``dtype=None`` runs in float32 without autocast.
+    ``loss_scale`` multiplies the loss before the backward pass (and divides the gradients after), as the trainer's
+    gradient scaler does for float16, whose small gradients would otherwise underflow."""
     name, mode = _split(case_id)
     factory, columns, labels = CASES[name]
     model = copy.deepcopy(model).to(device)
@@ -54,9 +56,9 @@ def per_dim_losses(
     with torch.autocast(device_type=device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
         out = loss(sentence_features, target)
         total = sum(out.values())
-    total.backward()
+    (total * loss_scale).backward()
     values = {int(key.rsplit("_", 1)[1]): float(value.detach()) for key, value in out.items()}
-    grads = {n: p.grad.detach().float().cpu() for n, p in loss.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.detach().float().cpu() / loss_scale for n, p in loss.named_parameters() if p.grad is not None}
     return values, grads
 
 

@@ -47,3 +47,9 @@ def test_accelerate_launch_cpu_runs_one_process_and_says_so(tiny_model_dir, pair
     assert process.returncode == 0, process.stderr[-4000:]
     assert process.stderr.count("Launched: world size 1 (distributed type NO") == 1
     assert "`accelerate launch --cpu` started a single process" in process.stderr
+
+
+def test_warns_that_fp16_does_nothing_on_cpu(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="matryoshka_st.training._launch"):
+        log_launch(TrainingArguments(str(tmp_path), use_cpu=True, fp16=True))
+    assert "--fp16 has no effect on CPU" in caplog.text
