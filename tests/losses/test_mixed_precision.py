@@ -16,6 +16,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
+from matryoshka_st.losses import MatryoshkaHeads
 
 from ._mixed_precision import CASE_IDS, DIMS, per_dim_losses, relative_gradient_error
 
@@ -48,3 +51,14 @@ def test_heads_receive_gradients_under_bf16_autocast(_tiny_model, mode, one_torc
     expected = {"loss.classifier"} | ({"heads.separate.32", "heads.separate.16"} if mode == "separate" else set())
     assert {name.rsplit(".", 1)[0] for name in head_grads} == expected
     assert all(grads[name].abs().sum() > 0 for name in head_grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_heads_follow_the_classifier_dtype(dtype, mode):
+    classifier = nn.Linear(3 * 64, 3).to(dtype)
+    heads = MatryoshkaHeads(classifier, full_dim=64, dims=[64, 32, 16], mode=mode)
+    for dim in (64, 32, 16):
+        head = heads.head(dim)
+        assert head.weight.dtype == dtype and head.weight.device == classifier.weight.device
+        assert head(torch.ones(2, 3 * dim, dtype=dtype)).dtype == dtype
