@@ -40,6 +40,7 @@ from matryoshka_st.metadata import (
     recommend_dim,
     write_matryoshka_config,
 )
+from matryoshka_st.training._launch import log_launch
 from matryoshka_st.training.arguments import ConfigError, TrainConfig, parse_config
 from matryoshka_st.training.data import (
     LOSS_REQUIREMENTS,
@@ -509,6 +510,7 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
             f"{launched} processes were launched but the trainer sees {training.world_size}: they would train "
             "independent copies. On machines without GPUs pass --use_cpu."
         )
+    log_launch(training)
     is_main = training.process_index == 0
     resume = _resolve_resume(config)
     _check_arguments(config, resume)
