@@ -34,7 +34,7 @@ mkdir -p "$OUT" "$CACHE"
 BASE_ARGS=()
 [[ -n "$BASE" ]] && BASE_ARGS=(--base "$BASE")
 DEVICE=cuda SHORT=(--pairs 9600 --steps 150) LONG=(--pairs 38400 --steps 600)
-[[ ${#SMOKE[@]} -gt 0 ]] && DEVICE=cpu SHORT=(--pairs 640 --steps 2 --batch-size 16) LONG=(--pairs 1280 --steps 3 --batch-size 16)
+[[ ${#SMOKE[@]} -gt 0 ]] && DEVICE=cpu SHORT=(--pairs 640 --steps 2 --batch-size 16) LONG=(--pairs 960 --steps 3 --batch-size 16)
 start=$(date +%s)
 elapsed() { echo "[$(( $(date +%s) - start )) s]"; }
 
