@@ -1,14 +1,12 @@
 """The Matryoshka loss adapter: one encoder pass, the inner loss re-applied at every nested dimension.
 
-Written here rather than reused from sentence-transformers because its ``MatryoshkaLoss`` patches
-``model.forward`` on every step, crashes on losses with a learned head, only truncates (does not renormalise)
-distillation targets, refuses models that have ``truncate_dim`` set, and reports one opaque sum. This adapter
-computes the embeddings once and hands truncated copies to ``compute_loss_from_embeddings``, gives learned heads a
-head per dimension, and returns the per-dimension losses as components that the trainer logs.
+What it adds to sentence-transformers' ``MatryoshkaLoss`` (heads per dimension, renormalised distillation targets,
+models with ``truncate_dim``, per-dimension loss components) is listed in docs/train.md.
 """
 
 from __future__ import annotations
 
+import dis
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +17,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.gradcache import uses_gradient_cache
 from sentence_transformers.base.losses.merged_forward import embed_columns
-from sentence_transformers.sentence_transformer import losses as st_losses
+from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss
 from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
@@ -30,30 +28,34 @@ logger = logging.getLogger(__name__)
 
 _MISSING = object()
 
-# Losses whose forward is exactly "embed every column, then compute_loss_from_embeddings(embeddings, labels)": for
-# these the embeddings can be computed once and handed over truncated. Other losses, including subclasses that
-# override forward and EmbedDistillLoss/MSELoss (whose forward reshapes the labels first), take the replay path.
-_EMBEDDING_LOSSES = (
-    st_losses.AnglELoss,
-    st_losses.BatchAllTripletLoss,
-    st_losses.BatchHardSoftMarginTripletLoss,
-    st_losses.BatchHardTripletLoss,
-    st_losses.BatchSemiHardTripletLoss,
-    st_losses.CoSENTLoss,
-    st_losses.ContrastiveLoss,
-    st_losses.CosineSimilarityLoss,
-    st_losses.DistillKLDivLoss,
-    st_losses.MarginMSELoss,
-    st_losses.MultipleNegativesRankingLoss,
-    st_losses.MultipleNegativesSymmetricRankingLoss,
-    st_losses.OnlineContrastiveLoss,
-    st_losses.TripletLoss,
-)
+def computes_from_embeddings(loss_class: type) -> bool:
+    """Whether ``loss_class.forward`` only embeds the columns and returns
+    ``compute_loss_from_embeddings(embeddings, labels)``: then MatryoshkaLoss embeds once and hands over truncated
+    copies. Decided from the code of ``forward`` (the names it uses and that it passes ``labels`` on), so a new
+    upstream loss with that contract takes the fast path and a subclass that overrides ``forward`` does not."""
+    forward = getattr(loss_class, "forward", None)
+    code = getattr(forward, "__code__", None)
+    if code is None or not callable(getattr(loss_class, "compute_loss_from_embeddings", None)):
+        return False
+    names = set(code.co_names)
+    loaded = {i.argval for i in dis.get_instructions(code) if i.opname.startswith("LOAD_FAST")}
+    return "compute_loss_from_embeddings" in names and names <= _EMBED_NAMES and "labels" in loaded
+
+
+_EMBED_NAMES = {"embed_columns", "model", "sentence_embedder", "compute_loss_from_embeddings"}
+
+
+def loss_path(loss_class: type) -> str:
+    """How :class:`MatryoshkaLoss` runs an inner loss of this class: ``"gradient_cache"`` (GradCache losses: their
+    ``calculate_loss`` is wrapped), ``"embeddings"`` (one encoder pass, truncated copies) or ``"replay"`` (the
+    encoder's outputs recorded once and replayed truncated for the smaller dims)."""
+    if getattr(loss_class, "uses_gradient_cache", False) is True:
+        return "gradient_cache"
+    return "embeddings" if computes_from_embeddings(loss_class) else "replay"
 
 
 def _computes_from_embeddings(loss: nn.Module) -> bool:
-    forward = type(loss).forward
-    return any(forward is cls.forward for cls in _EMBEDDING_LOSSES)
+    return computes_from_embeddings(type(loss))
 
 
 @contextmanager
@@ -366,36 +368,56 @@ class MatryoshkaLoss(nn.Module):
 """
 
 
-def Matryoshka2dLoss(  # noqa: N802 - mirrors sentence_transformers.losses.Matryoshka2dLoss, a class there
-    model: SentenceTransformer,
-    loss: nn.Module,
-    matryoshka_dims: Sequence[int] | None = None,
-    matryoshka_weights: Sequence[float] | None = None,
-    n_layers_per_step: int = 1,
-    n_dims_per_step: int = 1,
-    last_layer_weight: float = 1.0,
-    prior_layers_weight: float = 1.0,
-    kl_div_weight: float = 1.0,
-    kl_temperature: float = 0.3,
-) -> nn.Module:
-    """2D Matryoshka (layers x dims): sentence-transformers' ``AdaptiveLayerLoss`` around this ``MatryoshkaLoss``.
+class Matryoshka2dLoss(AdaptiveLayerLoss):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        loss: nn.Module,
+        matryoshka_dims: Sequence[int] | None = None,
+        matryoshka_weights: Sequence[float] | None = None,
+        n_layers_per_step: int = 1,
+        n_dims_per_step: int = 1,
+        last_layer_weight: float = 1.0,
+        prior_layers_weight: float = 1.0,
+        kl_div_weight: float = 1.0,
+        kl_temperature: float = 0.3,
+    ) -> None:
+        """2D Matryoshka (layers x dims): sentence-transformers' ``AdaptiveLayerLoss`` around this project's
+        :class:`MatryoshkaLoss`. Same arguments as ``sentence_transformers.losses.Matryoshka2dLoss``.
 
-    Example:
-        ::
+        References:
+            - Li et al., 2D Matryoshka Sentence Embeddings, https://arxiv.org/abs/2402.14776
 
-            loss = Matryoshka2dLoss(model, losses.MultipleNegativesRankingLoss(model), [384, 128, 32])
-    """
-    from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss
+        Example:
+            ::
 
-    inner = MatryoshkaLoss(
-        model, loss, matryoshka_dims, matryoshka_weights, n_dims_per_step=n_dims_per_step, log_per_dim=False
-    )
-    return AdaptiveLayerLoss(
-        model,
-        inner,
-        n_layers_per_step=n_layers_per_step,
-        last_layer_weight=last_layer_weight,
-        prior_layers_weight=prior_layers_weight,
-        kl_div_weight=kl_div_weight,
-        kl_temperature=kl_temperature,
-    )
+                loss = Matryoshka2dLoss(model, losses.MultipleNegativesRankingLoss(model), [384, 128, 32])
+        """
+        inner = MatryoshkaLoss(
+            model, loss, matryoshka_dims, matryoshka_weights, n_dims_per_step=n_dims_per_step, log_per_dim=False
+        )
+        super().__init__(
+            model,
+            inner,
+            n_layers_per_step=n_layers_per_step,
+            last_layer_weight=last_layer_weight,
+            prior_layers_weight=prior_layers_weight,
+            kl_div_weight=kl_div_weight,
+            kl_temperature=kl_temperature,
+        )
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {**super().get_config_dict(), **self.loss.get_config_dict()}
+
+    @property
+    def citation(self) -> str:
+        return """
+@misc{li20242d,
+    title={2D Matryoshka Sentence Embeddings},
+    author={Xianming Li and Zongxi Li and Jing Li and Haoran Xie and Qing Li},
+    year={2024},
+    eprint={2402.14776},
+    archivePrefix={arXiv},
+    primaryClass={cs.CL}
+}
+"""
