@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dis
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss
 from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
+from matryoshka_st.losses.distill import similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,14 @@ def _patched(obj: Any, name: str, value: Any):
             setattr(obj, name, previous)
 
 
+def _share_full(dims: list[int], weights: list[float], share: float) -> list[float]:
+    """Weights with the full (first, largest) dim at ``share`` of the total and the others in their proportions."""
+    total, others = sum(weights), sum(weights[1:])
+    if others == 0:
+        raise ValueError("full_dim_share needs a non-zero weight on at least one dim below the full one.")
+    return [share * total] + [(1 - share) * total * w / others for w in weights[1:]]
+
+
 class _CachedForward:
     """Replaces ``model.forward`` for losses that only expose ``forward``: the first pass (the largest dim)
     runs the encoder and keeps its outputs; later passes replay them, truncated to the current dim.
@@ -121,6 +131,9 @@ class MatryoshkaLoss(nn.Module):
         n_dims_per_step: int = -1,
         head_mode: HeadMode = "separate",
         log_per_dim: bool = True,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
+        full_dim_share: float | None = None,
     ) -> None:
         """Train embeddings that still work when cut to their first ``d`` coordinates, for every ``d`` in
         ``matryoshka_dims`` (Matryoshka Representation Learning).
@@ -149,9 +162,20 @@ class MatryoshkaLoss(nn.Module):
             head_mode: for losses with a ``classifier`` head: ``"separate"`` or ``"shared"``.
             log_per_dim: return a dict of per-dimension losses (summed and logged by the trainer). Set ``False`` to
                 return one tensor, e.g. when another loss modifier such as ``AdaptiveLayerLoss`` wraps this one.
+            distill_weight: weight ``lambda`` of self-distillation across dimensions: at every dim below the full one,
+                ``lambda * KL(p_full || p_d)`` between the in-batch similarity distributions of the full (detached,
+                the teacher) and the truncated embeddings is added to that dim's loss (times its weight) and logged
+                as ``distill_dim_<d>``. ``0`` (the default) is the reference behaviour. See
+                :func:`matryoshka_st.losses.distill.similarity_distillation`.
+            distill_temperature: the temperature ``tau`` of that distribution (on top of the inner loss's ``scale``).
+            full_dim_share: if set, the full dimension's weight is rescaled to this share of the total weight (the
+                other dims keep their proportions, the total is unchanged), so the full-size embedding is not
+                starved by the small ones. ``None`` keeps ``matryoshka_weights`` as given.
 
         References:
             - Kusupati et al., Matryoshka Representation Learning, https://arxiv.org/abs/2205.13147
+            - Li et al., ESE: Espresso Sentence Embeddings (2DMSE), https://arxiv.org/abs/2402.14776
+            - Zhuang et al., Starbucks: Improved Training for 2D Matryoshka Embeddings, https://arxiv.org/abs/2410.13230
 
         Inputs:
             +---------------------------------------+--------+
@@ -198,6 +222,29 @@ class MatryoshkaLoss(nn.Module):
             )
         if head_mode not in HEAD_MODES:
             raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {head_mode!r}.")
+        for name, value in (("distill_weight", distill_weight), ("distill_temperature", distill_temperature)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0 (0 turns self-distillation off), got {distill_weight}.")
+        if distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}.")
+        if full_dim_share is not None:
+            if isinstance(full_dim_share, bool) or not isinstance(full_dim_share, (int, float)):
+                raise ValueError(f"full_dim_share must be a number in (0, 1) or None, got {full_dim_share!r}.")
+            if not 0 < full_dim_share < 1:
+                raise ValueError(
+                    f"full_dim_share must be in (0, 1) (a share of the total weight), got {full_dim_share}."
+                )
+            if full_dim not in self.matryoshka_dims or len(self.matryoshka_dims) < 2:
+                raise ValueError(
+                    f"full_dim_share needs the full dimension {full_dim} and at least one smaller dim in "
+                    f"matryoshka_dims, got {self.matryoshka_dims}."
+                )
+            self.matryoshka_weights = _share_full(self.matryoshka_dims, self.matryoshka_weights, full_dim_share)
+        self.distill_weight = float(distill_weight)
+        self.distill_temperature = float(distill_temperature)
+        self.full_dim_share = full_dim_share
         self.n_dims_per_step = n_dims_per_step
         self.head_mode = head_mode
         self.log_per_dim = log_per_dim
@@ -240,8 +287,9 @@ class MatryoshkaLoss(nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor | dict[str, Tensor]:
         sentence_features = list(sentence_features)
         active = self._active()
+        distilled: dict[int, Tensor] = {}
         if self.uses_gradient_cache:
-            losses = self._forward_gradient_cache(sentence_features, labels, active)
+            losses = self._forward_gradient_cache(sentence_features, labels, active, distilled)
         elif self.heads is None and _computes_from_embeddings(self.loss):
             embeddings = embed_columns(self.model, sentence_features)  # one (B, D) tensor per column
             losses = {
@@ -251,19 +299,39 @@ class MatryoshkaLoss(nn.Module):
                 )
                 for dim, weight in active
             }
+            distilled = self._distill(embeddings, active)
         else:
-            losses = self._forward_replay(sentence_features, labels, active)
+            losses, embeddings = self._forward_replay(sentence_features, labels, active)
+            distilled = self._distill(embeddings, active)
         # detached tensors, not floats: converting would force a device sync on every step
-        self.last_dim_losses = {dim: value.detach() for dim, value in losses.items()}
+        self.last_dim_losses = {
+            dim: (value + distilled[dim] if dim in distilled else value).detach() for dim, value in losses.items()
+        }
         if self.log_per_dim:
-            return {f"loss_dim_{dim}": value for dim, value in losses.items()}
-        return torch.stack(list(losses.values())).sum()
+            components = {f"loss_dim_{dim}": value for dim, value in losses.items()}
+            components.update({f"distill_dim_{dim}": value for dim, value in distilled.items()})
+            return components
+        return torch.stack(list(losses.values()) + list(distilled.values())).sum()
+
+    def _distill(self, embeddings: list[Tensor], active: list[tuple[int, float]]) -> dict[int, Tensor]:
+        """``weight * distill_weight * KL`` per active dim below the full one (empty when distillation is off)."""
+        if not self.distill_weight or not embeddings:
+            return {}
+        dims = [dim for dim, _ in active if dim < embeddings[0].shape[-1]]
+        terms = similarity_distillation(embeddings, dims, self.distill_temperature, self._similarity_scale())
+        weights = dict(active)
+        return {dim: weights[dim] * self.distill_weight * terms[dim] for dim in dims}
+
+    def _similarity_scale(self) -> float:
+        scale = getattr(self.loss, "scale", None)
+        return float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 20.0
 
     def _forward_replay(
         self, sentence_features: list[dict[str, Tensor]], labels: Any, active: list[tuple[int, float]]
-    ) -> dict[int, Tensor]:
+    ) -> tuple[dict[int, Tensor], list[Tensor]]:
         """Fallback for losses without ``compute_loss_from_embeddings``: ``model.forward`` is replaced for the
-        duration of this call so that only the first (largest) dimension runs the encoder."""
+        duration of this call so that only the first (largest) dimension runs the encoder. Returns the losses and
+        the full-size embeddings the encoder produced, one per call."""
         cached = _CachedForward(self.model.forward)
         losses = {}
         with _patched(self.model, "forward", cached):
@@ -271,7 +339,7 @@ class MatryoshkaLoss(nn.Module):
                 cached.start(dim)
                 with self._head(dim):
                     losses[dim] = weight * self.loss(sentence_features, self._dim_labels(labels, dim))
-        return losses
+        return losses, cached.full
 
     @contextmanager
     def _head(self, dim: int):
@@ -286,7 +354,11 @@ class MatryoshkaLoss(nn.Module):
             self.loss.classifier = original
 
     def _forward_gradient_cache(
-        self, sentence_features: list[dict[str, Tensor]], labels: Any, active: list[tuple[int, float]]
+        self,
+        sentence_features: list[dict[str, Tensor]],
+        labels: Any,
+        active: list[tuple[int, float]],
+        distilled: dict[int, Tensor],
     ) -> dict[int, Tensor]:
         """For GradCache losses (``Cached*``): their ``calculate_loss`` sees every mini-batch's embeddings at once,
         so it is wrapped, for this call only, to run at each dimension. The gradients of all dims are pushed
@@ -311,6 +383,14 @@ class MatryoshkaLoss(nn.Module):
                     value = calculate_loss(truncated, *args, **kwargs)
                 per_dim[dim] = weight * value
                 total = total + weight * value
+            # self-distillation reads every mini-batch's full embeddings at once (the whole batch is the teacher)
+            terms = self._distill([torch.cat(column) for column in reps], active)
+            for dim, term in terms.items():
+                distilled[dim] = term.detach()
+                total = total + term.detach() if with_backward else total + term
+            if with_backward and terms:
+                truncated_all.append(torch.stack(list(terms.values())).sum())
+                grads_all.append(torch.ones((), device=truncated_all[-1].device))
             if truncated_all:
                 torch.autograd.backward(truncated_all, grads_all)
             return total.detach() if with_backward else total
@@ -320,7 +400,8 @@ class MatryoshkaLoss(nn.Module):
         # `total` carries the GradCache backward hook: route the gradient through the first component and give the
         # others their detached values, so that the components still sum to the total.
         first, *rest = per_dim
-        losses = {first: total - sum(per_dim[dim].detach() for dim in rest)}
+        detached = [per_dim[dim].detach() for dim in rest] + list(distilled.values())
+        losses = {first: total - sum(detached)}
         losses.update({dim: per_dim[dim].detach() for dim in rest})
         return losses
 
@@ -332,6 +413,10 @@ class MatryoshkaLoss(nn.Module):
             "matryoshka_weights": list(self.matryoshka_weights),
             "n_dims_per_step": self.n_dims_per_step,
         }
+        if self.distill_weight:
+            config.update(distill_weight=self.distill_weight, distill_temperature=self.distill_temperature)
+        if self.full_dim_share is not None:
+            config["full_dim_share"] = self.full_dim_share
         if self.heads is not None:
             config["head_mode"] = self.head_mode
         return config
