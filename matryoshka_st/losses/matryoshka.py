@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _MISSING = object()
 
+
 def computes_from_embeddings(loss_class: type) -> bool:
     """Whether ``loss_class.forward`` only embeds the columns and returns
     ``compute_loss_from_embeddings(embeddings, labels)``: then MatryoshkaLoss embeds once and hands over truncated
