@@ -7,7 +7,8 @@ schedule against a model or that renormalises after cutting; that is what this m
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -47,10 +48,22 @@ def full_embedding_dim(model: SentenceTransformer) -> int | None:
     ``SentenceTransformer.get_embedding_dimension`` reports the truncated size, but the training forward pass
     never truncates, so a loss must validate its dims against the real output size.
     """
-    truncate_dim = getattr(model, "truncate_dim", None)
-    try:
-        model.truncate_dim = None
+    with at_full_size(model):
         return model.get_embedding_dimension()
+
+
+@contextmanager
+def at_full_size(model: SentenceTransformer) -> Iterator[SentenceTransformer]:
+    """Within the block, ``model`` encodes at its full output size (its ``truncate_dim`` is set back afterwards).
+
+    Example:
+        >>> with at_full_size(model):  # doctest: +SKIP
+        ...     full = model.encode(texts)
+    """
+    truncate_dim = getattr(model, "truncate_dim", None)
+    model.truncate_dim = None
+    try:
+        yield model
     finally:
         model.truncate_dim = truncate_dim
 

@@ -54,21 +54,6 @@ class MatryoshkaConfig:
         return {**data, **extra}
 
 
-def recommend_dim(scores: dict[int, float], threshold: float = 0.98, full_dim: int | None = None) -> int | None:
-    """The smallest dim whose score is at least ``threshold`` times the full (largest) dim's score.
-
-    Example:
-        >>> recommend_dim({384: 0.60, 128: 0.58, 64: 0.50}, threshold=0.95)
-        128
-    """
-    if not scores:
-        return None
-    reference_dim = full_dim if full_dim in scores else max(scores)
-    reference = scores[reference_dim]
-    good = [dim for dim, score in scores.items() if score >= threshold * reference]
-    return min(good) if good else reference_dim
-
-
 def write_matryoshka_config(path: str | os.PathLike, config: MatryoshkaConfig) -> str:
     """Write ``matryoshka_config.json`` into the model folder ``path``; returns the file's path."""
     file = os.path.join(path, MATRYOSHKA_CONFIG_NAME)

@@ -16,19 +16,18 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard
 
-from matryoshka_st.evaluation.cache import PRECISIONS, bytes_per_vector
+from matryoshka_st.evaluation.quality import MEAN as _MEAN
+from matryoshka_st.evaluation.quality import PRECISIONS, QualityByDim, bytes_per_vector
 from matryoshka_st.usage import matryoshka_info
 
 logger = logging.getLogger(__name__)
@@ -39,7 +38,6 @@ SECTION_START = "<!-- matryoshka-st:start -->"
 SECTION_END = "<!-- matryoshka-st:end -->"
 TAGS = ("sentence-transformers", "matryoshka")
 PLACEHOLDER_MODEL_ID = "sentence_transformers_model_id"  # what sentence-transformers writes before a push
-_MEAN = "mean"
 _MAX_TASK_COLUMNS = 4
 # mteb task type -> Hub task id, as mteb maps them (TaskMetadata._hf_task_type)
 _HUB_TASK_TYPES = {
@@ -66,36 +64,13 @@ class CardError(ValueError):
 
 
 @dataclass
-class EvalSummary:
-    """The scores of one model at every dimension and precision, as :func:`load_eval_results` found them.
+class EvalSummary(QualityByDim):
+    """The model the card describes, with its scores at every dimension and precision (a
+    :class:`~matryoshka_st.evaluation.quality.QualityByDim`), the other models in the same results (e.g. the base
+    model) and the quality-against-dimension plot (``None`` without matplotlib)."""
 
-    Attributes:
-        label: the model's label in the results (e.g. ``tuned`` or ``out/final``).
-        tasks: task name -> main-score name.
-        full_dim: the largest evaluated dimension, the reference for "% of full".
-        keep: the share of the full-dimension mean score that ``recommended_dim`` keeps.
-        recommended_dim: the smallest dimension keeping ``keep`` of the full-dimension mean score.
-        scores: ``scores[precision][dim][task]``, plus ``"mean"`` over the tasks.
-        others: other models in the same results (e.g. the base model): label -> float32 ``{dim: mean score}``.
-        plot: the quality-against-dimension PNG, or ``None`` without matplotlib.
-    """
-
-    label: str
-    tasks: dict[str, str]
-    full_dim: int
-    keep: float
-    recommended_dim: int
-    scores: dict[str, dict[int, dict[str, float]]]
-    others: dict[str, dict[int, float]] = field(default_factory=dict)
+    others: dict[str, QualityByDim] = field(default_factory=dict)
     plot: Path | None = None
-
-    def share(self, task: str, dim: int, precision: str = "float32") -> float:
-        """``task``'s score at ``dim`` as a share of its float32 full-dimension score (NaN when undefined)."""
-        reference = self.scores["float32"].get(self.full_dim, {}).get(task)
-        score = self.scores.get(precision, {}).get(dim, {}).get(task)
-        if score is None or not reference or reference <= 0:
-            return math.nan
-        return score / reference
 
 
 def load_eval_results(
@@ -130,38 +105,19 @@ def load_eval_results(
         report = render(list(results_paths), report_dir, keep=keep)
     except (ValueError, FileNotFoundError) as error:
         raise CardError(str(error)) from error
-    summary = json.loads(report.summary.read_text(encoding="utf-8"))["models"]
-    label = _pick_model(summary, model, model_dir)
-    chosen = summary[label]
-    scores = {
-        precision: {
-            int(dim): {k: v for k, v in cells.items() if k not in ("bytes_per_vector", "share_of_full")}
-            for dim, cells in by_dim.items()
-        }
-        for precision, by_dim in chosen["scores"].items()
-    }
-    others = {
-        other: {int(dim): cells[_MEAN] for dim, cells in data["scores"]["float32"].items() if _MEAN in cells}
-        for other, data in summary.items()
-        if other != label
-    }
-    plot = next((p for p in report.plots if p.name == "score_vs_dim.png"), None)
+    qualities = {quality.label: quality for quality in report.qualities}
+    chosen = qualities[_pick_model(qualities, model, model_dir)]
     return EvalSummary(
-        label=label,
-        tasks=dict(chosen["tasks"]),
-        full_dim=int(chosen["full_dim"]),
-        keep=float(chosen["keep"]),
-        recommended_dim=int(chosen["recommended_dim"]),
-        scores=scores,
-        others=others,
-        plot=plot,
+        **{f.name: getattr(chosen, f.name) for f in fields(QualityByDim)},
+        others={label: quality for label, quality in qualities.items() if label != chosen.label},
+        plot=next((p for p in report.plots if p.name == "score_vs_dim.png"), None),
     )
 
 
-def _pick_model(summary: dict[str, Any], model: str | None, model_dir: str | os.PathLike | None) -> str:
-    labels = list(summary)
+def _pick_model(qualities: dict[str, QualityByDim], model: str | None, model_dir: str | os.PathLike | None) -> str:
+    labels = list(qualities)
     if model is not None:
-        matches = [label for label in labels if model in (label, summary[label]["name"])]
+        matches = [label for label in labels if model in (label, qualities[label].name)]
         if not matches:
             raise CardError(f"No results for model {model!r} in the eval results; they hold {labels}.")
         return matches[0]
@@ -173,7 +129,7 @@ def _pick_model(summary: dict[str, Any], model: str | None, model_dir: str | os.
         from matryoshka_st.evaluation.cache import model_revision
 
         revision = model_revision(SentenceTransformer(str(model_dir), device="cpu"))
-        matches = [label for label in labels if summary[label]["revision"] == revision]
+        matches = [label for label in labels if qualities[label].revision == revision]
         if len(matches) == 1:
             logger.info("Eval results: describing %s, whose parameters match %s.", matches[0], model_dir)
             return matches[0]
@@ -217,10 +173,8 @@ def _quality_table(results: EvalSummary) -> tuple[list[str], list[dict[str, Any]
         cells = [
             _cell(results.scores.get(p, {}).get(dim, {}).get(task), results.share(task, dim, p)) for task, p in keys
         ]
-        for scores in results.others.values():
-            full = scores.get(max(scores)) if scores else None
-            score = scores.get(dim)
-            cells.append(_cell(score, score / full if score is not None and full and full > 0 else math.nan))
+        for other in results.others.values():
+            cells.append(_cell(other.mean_scores().get(dim), other.share(_MEAN, dim)))
         label = f"**{dim}**" if dim == results.recommended_dim else str(dim)
         rows.append({"dim": label, "cells": cells})
     task_list = ", ".join(f"`{task}` ({_metric_name(results.tasks[task])})" for task in tasks)

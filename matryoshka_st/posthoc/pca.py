@@ -33,7 +33,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Normalize
 from torch import nn
 
-from matryoshka_st.dims import full_embedding_dim
+from matryoshka_st.dims import at_full_size, full_embedding_dim
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +130,10 @@ def encode_full(
         raise ValueError("texts must be a list of strings.")
     if len(texts) == 0:
         raise ValueError("texts is empty: pass the texts (a few thousand of the target domain) to fit on.")
-    truncate_dim = model.truncate_dim
-    try:
-        model.truncate_dim = None
+    with at_full_size(model):
         embeddings = model.encode(
             list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True
         )
-    finally:
-        model.truncate_dim = truncate_dim
     return np.asarray(embeddings, dtype=np.float32)
 
 

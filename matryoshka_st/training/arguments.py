@@ -22,6 +22,7 @@ from sentence_transformers import SentenceTransformerTrainingArguments
 from transformers import HfArgumentParser
 
 from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, SAMPLE_PAIRS
+from matryoshka_st.dims import validate_dims
 
 DEFAULT_JOB_OUTPUT_DIR = os.path.join("output", "matryoshka-minilm")
 
@@ -155,6 +156,22 @@ class MatryoshkaArguments:
         default=True, metadata={"help": "Evaluate the base model at every dim before training, for comparison."}
     )
 
+    def __post_init__(self) -> None:
+        # dims against the model, n_dims_per_step and head_mode are checked by MatryoshkaLoss, their authority
+        if self.matryoshka_dims is not None:
+            try:
+                validate_dims(self.matryoshka_dims, None, self.matryoshka_weights)
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
+        elif self.matryoshka_weights is not None:
+            raise ConfigError("--matryoshka_weights needs --matryoshka_dims: give one weight per dim.")
+        if self.init not in ("none", "pca"):
+            raise ConfigError(f"--init must be 'none' or 'pca', got {self.init!r}.")
+        if self.init_texts < 2:
+            raise ConfigError(f"--init_texts must be at least 2, got {self.init_texts}.")
+        if not 0 < self.recommend_threshold <= 1:
+            raise ConfigError(f"recommend_threshold must be in (0, 1], got {self.recommend_threshold}.")
+
 
 @dataclass
 class TrainingArguments(SentenceTransformerTrainingArguments):
@@ -182,6 +199,21 @@ class TrainConfig:
     training: TrainingArguments
     explicit: frozenset[str] = frozenset()  # the keys set by a file, by flags or by the default job
     default_job: bool = False  # no training data was given: the bundled model on the shipped sample
+
+    def __post_init__(self) -> None:
+        training = self.training
+        if self.matryoshka.best_model_dim is None:
+            return
+        if training.eval_strategy == "no":
+            raise ConfigError(
+                "--best_model_dim needs evaluation during training: set --eval_strategy steps (or epoch)."
+            )
+        if training.save_strategy != training.eval_strategy or (
+            training.eval_strategy == "steps" and training.save_steps % training.eval_steps
+        ):
+            raise ConfigError(
+                "--best_model_dim needs save_strategy == eval_strategy and save_steps a multiple of eval_steps."
+            )
 
 
 def build_parser(**kwargs: Any) -> HfArgumentParser:
@@ -297,6 +329,8 @@ def parse_config(
         merged["use_cpu"] = True
     try:
         values = build_parser().parse_dict(merged)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"Invalid training arguments: {error}") from error
     model, data, matryoshka, training = values

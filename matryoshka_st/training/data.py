@@ -92,6 +92,11 @@ LOSS_REQUIREMENTS: dict[str, LossRequirement] = {
 }
 
 
+# losses that score each row against the other rows of its batch, and losses that need same-label rows in a batch
+IN_BATCH_LOSSES = {n for n, r in LOSS_REQUIREMENTS.items() if r.min_texts == 2 and r.max_texts is None}
+GROUPED_LOSSES = {n for n, r in LOSS_REQUIREMENTS.items() if r.min_texts == 1}
+
+
 @dataclass
 class LossSpec:
     """The chosen loss and the columns it reads, in order (texts first, then the label column if any)."""

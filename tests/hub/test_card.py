@@ -125,7 +125,7 @@ def test_full_size_recommended_still_shows_truncation(trained_model_dir):
     from matryoshka_st.hub.card import render_section
 
     scores = {"float32": {64: {"t": 0.50, "mean": 0.50}, 32: {"t": 0.45, "mean": 0.45}}}
-    results = EvalSummary("tuned", {"t": "ndcg_at_10"}, 64, 0.98, 64, scores)
+    results = EvalSummary("tuned", {"t": "ndcg_at_10"}, scores, keep=0.98)
     section = render_section(trained_model_dir, model_id="you/t", results=results)
     assert "**Recommended dimension: 64** (the full size: no smaller dimension keeps 98% of its score" in section
     assert "32 keeps 90.0%" in section
