@@ -19,7 +19,6 @@ text, label (int or str)                           BatchAllTripletLoss (batches 
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import logging
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Dataset, Value
+
+from matryoshka_st.readers import FormatError, read_beir
 
 logger = logging.getLogger(__name__)
 
@@ -409,39 +410,22 @@ class RetrievalSet:
     relevant: dict[str, set[str]]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{str(path)!r} line {number} is not valid JSON: {error}.") from error
-    return rows
-
-
 def load_retrieval_set(folder: str | os.PathLike, name: str | None = None) -> RetrievalSet:
-    """Read a BEIR-layout folder: ``corpus.jsonl``, ``queries.jsonl`` (``_id``, ``text``) and ``qrels/test.tsv``."""
+    """Read a BEIR-layout folder (see :func:`matryoshka_st.readers.read_beir`); relevant documents score > 0."""
     folder = Path(folder)
-    needed = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"]
-    missing = [str(p) for p in needed if not p.is_file()]
-    if missing:
-        raise DataError(f"Retrieval set {str(folder)!r} is missing {missing} (BEIR layout expected).")
-    corpus = {}
-    for row in _read_jsonl(needed[0]):
-        title = row.get("title") or ""
-        corpus[str(row["_id"])] = f"{title} {row['text']}".strip() if title else row["text"]
-    queries = {str(row["_id"]): row["text"] for row in _read_jsonl(needed[1])}
-    relevant: dict[str, set[str]] = {}
-    with open(needed[2], encoding="utf-8") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            if float(row.get("score", 1) or 0) > 0:
-                relevant.setdefault(str(row["query-id"]), set()).add(str(row["corpus-id"]))
-    relevant = {q: docs for q, docs in relevant.items() if q in queries}
-    if not relevant or not corpus:
+    try:
+        beir = read_beir(folder)
+    except FormatError as error:
+        raise DataError(f"Retrieval set {str(folder)!r}: {error}") from error
+    corpus = {doc_id: beir.document(doc_id) for doc_id in beir.corpus}
+    relevant = {
+        query_id: {doc_id for doc_id, score in docs.items() if score > 0}
+        for query_id, docs in beir.qrels[beir.split].items()
+    }
+    relevant = {query_id: docs for query_id, docs in relevant.items() if docs}
+    if not relevant:
         raise DataError(f"Retrieval set {str(folder)!r} has no queries with relevant documents.")
-    return RetrievalSet(name or folder.name, queries, corpus, relevant)
+    return RetrievalSet(name or beir.name, beir.queries, corpus, relevant)
 
 
 def retrieval_set_from_pairs(dataset: Dataset, spec: LossSpec, name: str = "eval") -> RetrievalSet:
