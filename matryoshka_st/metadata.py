@@ -1,8 +1,7 @@
 """The Matryoshka facts of a saved model, in ``matryoshka_config.json`` next to its other files.
 
-A separate file rather than a key in ``config_sentence_transformers.json``: sentence-transformers ignores unknown
-keys there when loading but rewrites that file without them on every ``save_pretrained``, while it leaves other
-files in the folder alone. ``SentenceTransformer(path)`` ignores the file; :func:`read_matryoshka_config` reads it.
+``SentenceTransformer(path)`` ignores the file; :func:`read_matryoshka_config` reads it (why a file of its own:
+docs/architecture.md).
 
 Layout (``format_version`` 1)::
 

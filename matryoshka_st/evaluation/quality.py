@@ -19,6 +19,21 @@ from typing import Any
 
 MEAN = "mean"
 PRECISIONS = ("float32", "int8", "binary")
+# main score -> (mteb task type, readable name), for the local task kinds (and mteb's reranking) that mteb cannot
+# look up by task name; in order of preference where several metrics share the main score's value
+METRICS = {
+    "ndcg_at_10": ("Retrieval", "nDCG@10"),
+    "cosine_spearman": ("STS", "Spearman (cosine)"),
+    "accuracy": ("Classification", "accuracy"),
+    "max_ap": ("PairClassification", "AP"),
+    "v_measure": ("Clustering", "V-measure"),
+    "map_at_1000": ("Reranking", "MAP@1000"),
+}
+
+
+def metric_name(metric: str) -> str:
+    """A readable name of a main score, e.g. ``nDCG@10`` for ``ndcg_at_10``."""
+    return METRICS.get(metric, (None, metric))[1]
 
 
 def check_precisions(precisions: list[str] | tuple[str, ...]) -> list[str]:
@@ -167,10 +182,12 @@ class QualityByDim:
 
 __all__ = [
     "MEAN",
+    "METRICS",
     "PRECISIONS",
     "QualityByDim",
     "bytes_per_vector",
     "check_precisions",
+    "metric_name",
     "recommend_dim",
     "share_of_full",
 ]

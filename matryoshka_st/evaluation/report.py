@@ -26,12 +26,9 @@ from typing import Any
 
 from mteb.results import TaskResult
 
-from matryoshka_st.evaluation.quality import MEAN, PRECISIONS, QualityByDim, bytes_per_vector
+from matryoshka_st.evaluation.quality import MEAN, METRICS, PRECISIONS, QualityByDim, bytes_per_vector
 
 logger = logging.getLogger(__name__)
-
-# the main scores of the local task kinds (see tasks.py), preferred when several metrics share the main score's value
-_LOCAL_MAIN_SCORES = ("ndcg_at_10", "cosine_spearman", "accuracy", "max_ap", "v_measure")
 
 
 @dataclass(frozen=True)
@@ -129,7 +126,7 @@ def _main_score_name(result: TaskResult) -> str:
     except KeyError:  # a local task: the metric whose value mteb copied into main_score
         first = next(iter(result.scores.values()))[0]
         matches = [k for k, v in first.items() if k != "main_score" and v == first["main_score"]]
-        preferred = [k for k in _LOCAL_MAIN_SCORES if k in matches]
+        preferred = [k for k in METRICS if k in matches]
         return (preferred or matches or ["main_score"])[0]
 
 

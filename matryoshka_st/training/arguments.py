@@ -226,7 +226,8 @@ def field_names() -> set[str]:
 
 
 def default_job_settings() -> dict[str, Any]:
-    """The embedded default job: all-MiniLM-L6-v2 on the shipped pairs, a few minutes on two CPU cores.
+    """The embedded default job: all-MiniLM-L6-v2 on the shipped pairs (written out in
+    ``examples/configs/minilm_default.yaml``).
 
     It writes to ``output/matryoshka-minilm`` and may replace what an earlier default job left there (the job
     is deterministic); an explicit ``output_dir`` is protected as usual.
@@ -286,7 +287,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def _launched_processes() -> int:
+def launched_processes() -> int:
     """The number of processes torchrun / accelerate launch started (1 for a plain run)."""
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
@@ -324,7 +325,7 @@ def parse_config(
         model = merged.get("model_name_or_path")
         name = os.path.basename(os.path.normpath(model)) if model else "all-MiniLM-L6-v2"
         merged["output_dir"] = os.path.join("output", f"{name}-matryoshka")
-    if _launched_processes() > 1 and not torch.cuda.is_available() and "use_cpu" not in merged:
+    if launched_processes() > 1 and not torch.cuda.is_available() and "use_cpu" not in merged:
         # Without use_cpu, accelerate treats torchrun processes on a machine without GPUs as independent runs.
         merged["use_cpu"] = True
     try:

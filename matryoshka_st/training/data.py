@@ -29,8 +29,6 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, Value
 
-from matryoshka_st.readers import FormatError, read_beir
-
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("label", "score")
@@ -399,44 +397,3 @@ def split_eval(dataset: Dataset, eval_size: float, seed: int) -> tuple[Dataset, 
         raise DataError(f"eval_size {eval_size} leaves no training rows out of {len(dataset)}.")
     parts = dataset.train_test_split(test_size=size, seed=seed)
     return parts["train"], parts["test"]
-
-
-# -- evaluation sets ---------------------------------------------------------------------------------------------
-@dataclass
-class RetrievalSet:
-    name: str
-    queries: dict[str, str]
-    corpus: dict[str, str]
-    relevant: dict[str, set[str]]
-
-
-def load_retrieval_set(folder: str | os.PathLike, name: str | None = None) -> RetrievalSet:
-    """Read a BEIR-layout folder (see :func:`matryoshka_st.readers.read_beir`); relevant documents score > 0."""
-    folder = Path(folder)
-    try:
-        beir = read_beir(folder)
-    except FormatError as error:
-        raise DataError(f"Retrieval set {str(folder)!r}: {error}") from error
-    corpus = {doc_id: beir.document(doc_id) for doc_id in beir.corpus}
-    relevant = {
-        query_id: {doc_id for doc_id, score in docs.items() if score > 0}
-        for query_id, docs in beir.qrels[beir.split].items()
-    }
-    relevant = {query_id: docs for query_id, docs in relevant.items() if docs}
-    if not relevant:
-        raise DataError(f"Retrieval set {str(folder)!r} has no queries with relevant documents.")
-    return RetrievalSet(name or beir.name, beir.queries, corpus, relevant)
-
-
-def retrieval_set_from_pairs(dataset: Dataset, spec: LossSpec, name: str = "eval") -> RetrievalSet:
-    """Anchors as queries, positives (and negatives) as the corpus: each anchor's positive is its relevant doc."""
-    queries, corpus, relevant, ids = {}, {}, {}, {}
-    for i, row in enumerate(dataset):
-        queries[f"q{i}"] = row[spec.text_columns[0]]
-        for column in spec.text_columns[1:]:
-            text = row[column]
-            if text not in ids:
-                ids[text] = f"d{len(ids)}"
-                corpus[ids[text]] = text
-        relevant[f"q{i}"] = {ids[row[spec.text_columns[1]]]}
-    return RetrievalSet(name, queries, corpus, relevant)

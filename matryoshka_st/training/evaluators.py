@@ -6,12 +6,14 @@ text list; :func:`eval_plan` builds it from the training config (retrieval folde
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.evaluation import SequentialEvaluator
 from sentence_transformers.sentence_transformer.evaluation import (
@@ -20,19 +22,58 @@ from sentence_transformers.sentence_transformer.evaluation import (
 )
 from sentence_transformers.util import cos_sim
 
+from matryoshka_st.readers import FormatError, read_beir
 from matryoshka_st.training.arguments import TrainConfig
 from matryoshka_st.training.data import (
     IN_BATCH_LOSSES,
+    DataError,
     LossSpec,
-    RetrievalSet,
     infer_loss_spec,
     load_data,
-    load_retrieval_set,
     parse_mapping,
     prepare_dataset,
     rename_columns,
-    retrieval_set_from_pairs,
 )
+
+
+@dataclass
+class RetrievalSet:
+    name: str
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    relevant: dict[str, set[str]]
+
+
+def load_retrieval_set(folder: str | os.PathLike, name: str | None = None) -> RetrievalSet:
+    """Read a BEIR-layout folder (see :func:`matryoshka_st.readers.read_beir`); relevant documents score > 0."""
+    folder = Path(folder)
+    try:
+        beir = read_beir(folder)
+    except FormatError as error:
+        raise DataError(f"Retrieval set {str(folder)!r}: {error}") from error
+    corpus = {doc_id: beir.document(doc_id) for doc_id in beir.corpus}
+    relevant = {
+        query_id: {doc_id for doc_id, score in docs.items() if score > 0}
+        for query_id, docs in beir.qrels[beir.split].items()
+    }
+    relevant = {query_id: docs for query_id, docs in relevant.items() if docs}
+    if not relevant:
+        raise DataError(f"Retrieval set {str(folder)!r} has no queries with relevant documents.")
+    return RetrievalSet(name or beir.name, beir.queries, corpus, relevant)
+
+
+def retrieval_set_from_pairs(dataset: Dataset, spec: LossSpec, name: str = "eval") -> RetrievalSet:
+    """Anchors as queries, positives (and negatives) as the corpus: each anchor's positive is its relevant doc."""
+    queries, corpus, relevant, ids = {}, {}, {}, {}
+    for i, row in enumerate(dataset):
+        queries[f"q{i}"] = row[spec.text_columns[0]]
+        for column in spec.text_columns[1:]:
+            text = row[column]
+            if text not in ids:
+                ids[text] = f"d{len(ids)}"
+                corpus[ids[text]] = text
+        relevant[f"q{i}"] = {ids[row[spec.text_columns[1]]]}
+    return RetrievalSet(name, queries, corpus, relevant)
 
 
 class EncodeOnceEvaluator(SequentialEvaluator):

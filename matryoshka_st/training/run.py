@@ -28,7 +28,7 @@ from matryoshka_st.evaluation.quality import recommend_dim, share_of_full
 from matryoshka_st.losses import MatryoshkaLoss
 from matryoshka_st.losses.heads import HEADS_CONFIG_NAME
 from matryoshka_st.metadata import MatryoshkaConfig, matryoshka_config_from_loss, write_matryoshka_config
-from matryoshka_st.training.arguments import ConfigError, TrainConfig, _launched_processes, parse_config
+from matryoshka_st.training.arguments import ConfigError, TrainConfig, launched_processes, parse_config
 from matryoshka_st.training.callbacks import NonFiniteLossError, SaveMatryoshkaExtras, StopOnNonFiniteLoss
 from matryoshka_st.training.checkpoints import (
     FINAL_DIR_NAME,
@@ -102,7 +102,7 @@ def _percent(share: float) -> str:
 
 # -- steps ---------------------------------------------------------------------------------------------------------
 def _check_environment(training: TrainingArguments) -> None:
-    launched = _launched_processes()
+    launched = launched_processes()
     if launched > 1 and training.world_size != launched:
         raise ConfigError(
             f"{launched} processes were launched but the trainer sees {training.world_size}: they would train "

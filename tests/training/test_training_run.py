@@ -13,8 +13,7 @@ from transformers import TrainerCallback
 from matryoshka_st.metadata import MATRYOSHKA_CONFIG_NAME, read_matryoshka_config
 from matryoshka_st.training import NonFiniteLossError, parse_config, run
 from matryoshka_st.training.checkpoints import save_atomically
-from matryoshka_st.training.data import RetrievalSet
-from matryoshka_st.training.evaluators import EncodeOnceEvaluator, _retrieval_evaluators
+from matryoshka_st.training.evaluators import EncodeOnceEvaluator, RetrievalSet, _retrieval_evaluators
 from tests.training._helpers import scored_rows, write_jsonl
 
 FAST = {"per_device_train_batch_size": 8, "logging_steps": 1, "report_to": "none", "seed": 1}
