@@ -203,7 +203,9 @@ def load_data(spec: str, split: str = "train", config_name: str | None = None) -
         try:
             dataset = load_dataset(spec, config_name, split=split)
         except Exception as error:
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            from huggingface_hub import constants
+
+            offline = constants.HF_HUB_OFFLINE
             hint = " HF_HUB_OFFLINE is set: only datasets already in the local cache can be loaded." if offline else ""
             raise DataError(
                 f"Cannot load {spec!r} (split {split!r}) as a local path or a Hugging Face Hub dataset: "
