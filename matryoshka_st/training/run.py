@@ -24,7 +24,7 @@ from sentence_transformers.base.sampler import BatchSamplers
 from transformers import TrainerCallback, TrainingArguments
 
 from matryoshka_st.dims import full_embedding_dim
-from matryoshka_st.evaluation.quality import recommend_dim, share_of_full
+from matryoshka_st.evaluation.quality import QualityByDim, share_of_full
 from matryoshka_st.losses import MatryoshkaLoss
 from matryoshka_st.losses.heads import HEADS_CONFIG_NAME
 from matryoshka_st.metadata import MatryoshkaConfig, matryoshka_config_from_loss, write_matryoshka_config
@@ -70,6 +70,15 @@ class TrainResult:
     recommended_truncate_dim: int | None = None
     global_step: int = 0
     train_runtime: float = 0.0
+
+    def quality(self, keep: float = 0.98, after: bool = True) -> QualityByDim | None:
+        """The evaluator's scores after (or before) training as a :class:`QualityByDim`; ``None`` without scores."""
+        scores = self.scores_after if after else self.scores_before
+        if not scores:
+            return None
+        task, metric = (self.metric or "score").rsplit("_", 1) if self.metric else ("score", "score")
+        label = "fine-tuned" if after else "base"
+        return QualityByDim.from_dim_scores(scores, task=task, metric=metric, keep=keep, label=label)
 
     def table(self) -> str:
         """A plain-text table: dim, base score, fine-tuned score, and each as a % of its own full-dim score."""
@@ -354,7 +363,8 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
             logger.info("Evaluating the fine-tuned model at dims %s.", dims)
             result.scores_after = plan.scores(plan.evaluator(trainer.model), dims)
         threshold = config.matryoshka.recommend_threshold
-        result.recommended_truncate_dim = recommend_dim(result.scores_after, threshold, loss.full_dim)
+        quality = result.quality(threshold)
+        result.recommended_truncate_dim = quality.recommended_dim if quality is not None else None
         result.model_path = _save_final(trainer, loss, _metadata(loss, result, threshold))
     trainer.accelerator.wait_for_everyone()
     if not is_main:
