@@ -6,7 +6,6 @@ models with ``truncate_dim``, per-dimension loss components) is listed in docs/t
 
 from __future__ import annotations
 
-import dis
 import logging
 import math
 import random
@@ -18,43 +17,17 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.gradcache import uses_gradient_cache
 from sentence_transformers.base.losses.merged_forward import embed_columns
-from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss
 from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
 from matryoshka_st.losses.distill import similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
+from matryoshka_st.losses.paths import computes_from_embeddings
 
 logger = logging.getLogger(__name__)
 
 
 _MISSING = object()
-
-
-def computes_from_embeddings(loss_class: type) -> bool:
-    """Whether ``loss_class.forward`` only embeds the columns and returns
-    ``compute_loss_from_embeddings(embeddings, labels)``: then MatryoshkaLoss embeds once and hands over truncated
-    copies. Decided from the code of ``forward`` (the names it uses and that it passes ``labels`` on), so a new
-    upstream loss with that contract takes the fast path and a subclass that overrides ``forward`` does not."""
-    forward = getattr(loss_class, "forward", None)
-    code = getattr(forward, "__code__", None)
-    if code is None or not callable(getattr(loss_class, "compute_loss_from_embeddings", None)):
-        return False
-    names = set(code.co_names)
-    loaded = {i.argval for i in dis.get_instructions(code) if i.opname.startswith("LOAD_FAST")}
-    return "compute_loss_from_embeddings" in names and names <= _EMBED_NAMES and "labels" in loaded
-
-
-_EMBED_NAMES = {"embed_columns", "model", "sentence_embedder", "compute_loss_from_embeddings"}
-
-
-def loss_path(loss_class: type) -> str:
-    """How :class:`MatryoshkaLoss` runs an inner loss of this class: ``"gradient_cache"`` (GradCache losses: their
-    ``calculate_loss`` is wrapped), ``"embeddings"`` (one encoder pass, truncated copies) or ``"replay"`` (the
-    encoder's outputs recorded once and replayed truncated for the smaller dims)."""
-    if getattr(loss_class, "uses_gradient_cache", False) is True:
-        return "gradient_cache"
-    return "embeddings" if computes_from_embeddings(loss_class) else "replay"
 
 
 def _computes_from_embeddings(loss: nn.Module) -> bool:
@@ -450,60 +423,5 @@ class MatryoshkaLoss(nn.Module):
     eprint={2205.13147},
     archivePrefix={arXiv},
     primaryClass={cs.LG}
-}
-"""
-
-
-class Matryoshka2dLoss(AdaptiveLayerLoss):
-    def __init__(
-        self,
-        model: SentenceTransformer,
-        loss: nn.Module,
-        matryoshka_dims: Sequence[int] | None = None,
-        matryoshka_weights: Sequence[float] | None = None,
-        n_layers_per_step: int = 1,
-        n_dims_per_step: int = 1,
-        last_layer_weight: float = 1.0,
-        prior_layers_weight: float = 1.0,
-        kl_div_weight: float = 1.0,
-        kl_temperature: float = 0.3,
-    ) -> None:
-        """2D Matryoshka (layers x dims): sentence-transformers' ``AdaptiveLayerLoss`` around this project's
-        :class:`MatryoshkaLoss`. Same arguments as ``sentence_transformers.losses.Matryoshka2dLoss``.
-
-        References:
-            - Li et al., 2D Matryoshka Sentence Embeddings, https://arxiv.org/abs/2402.14776
-
-        Example:
-            ::
-
-                loss = Matryoshka2dLoss(model, losses.MultipleNegativesRankingLoss(model), [384, 128, 32])
-        """
-        inner = MatryoshkaLoss(
-            model, loss, matryoshka_dims, matryoshka_weights, n_dims_per_step=n_dims_per_step, log_per_dim=False
-        )
-        super().__init__(
-            model,
-            inner,
-            n_layers_per_step=n_layers_per_step,
-            last_layer_weight=last_layer_weight,
-            prior_layers_weight=prior_layers_weight,
-            kl_div_weight=kl_div_weight,
-            kl_temperature=kl_temperature,
-        )
-
-    def get_config_dict(self) -> dict[str, Any]:
-        return {**super().get_config_dict(), **self.loss.get_config_dict()}
-
-    @property
-    def citation(self) -> str:
-        return """
-@misc{li20242d,
-    title={2D Matryoshka Sentence Embeddings},
-    author={Xianming Li and Zongxi Li and Jing Li and Haoran Xie and Qing Li},
-    year={2024},
-    eprint={2402.14776},
-    archivePrefix={arXiv},
-    primaryClass={cs.CL}
 }
 """

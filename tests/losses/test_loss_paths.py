@@ -8,7 +8,7 @@ import pytest
 from sentence_transformers.sentence_transformer import losses as st_losses
 from torch import nn
 
-from matryoshka_st.losses.matryoshka import loss_path
+from matryoshka_st.losses.paths import loss_path
 
 EMBEDDINGS = {
     "AnglELoss",
