@@ -77,7 +77,9 @@ class TrainResult:
         if not scores:
             return None
         # e.g. "dev_wordnet_dim_{dim}_cosine_ndcg@10": task "dev_wordnet", metric "ndcg@10"
-        task, metric = (self.metric.split("_dim_")[0], self.metric.rsplit("_", 1)[-1]) if self.metric else ("score", "score")
+        task, metric = (
+            (self.metric.split("_dim_")[0], self.metric.rsplit("_", 1)[-1]) if self.metric else ("score", "score")
+        )
         label = "fine-tuned" if after else "base"
         return QualityByDim.from_dim_scores(scores, task=task, metric=metric, keep=keep, label=label)
 
