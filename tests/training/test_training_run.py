@@ -38,7 +38,11 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
         best_model_dim=32,
         learning_rate=1e-3,
     )
+    sampler_before = config.training.batch_sampler
     result = run(config)
+    # the run decides the best-model metric and the batch sampler on its own copy of the arguments
+    assert config.training.metric_for_best_model is None and not config.training.load_best_model_at_end
+    assert config.training.batch_sampler == sampler_before
 
     assert result.dims == [64, 32]
     assert result.model_path == str(output_dir / "final")
