@@ -73,7 +73,26 @@ MIX = {
     "bible-kjv-ylt": 0.05,
     "jargon": 0.05,
 }
-VARIANTS = ("plain", "matryoshka", "reference", "matryoshka-small")
+# Recipes (issue 14): keyword arguments of our MatryoshkaLoss, plus "init": "pca" for a PCA-rotated start (the
+# rotation is fitted on the model's embeddings of the training sample's texts, as `matryoshka-st train --init pca`).
+RECIPES: dict[str, dict[str, Any]] = {
+    "kl": dict(distill_weight=1.0, distill_temperature=1.0),
+    "kl-t2": dict(distill_weight=1.0, distill_temperature=2.0),
+    "kl-light": dict(distill_weight=0.3, distill_temperature=1.0),
+    "share": dict(full_dim_share=0.4),
+    "pca": dict(init="pca"),
+    "pca-kl": dict(init="pca", distill_weight=1.0, distill_temperature=1.0),
+    "share-kl": dict(full_dim_share=0.4, distill_weight=1.0, distill_temperature=1.0),
+    "pca-share": dict(init="pca", full_dim_share=0.4),
+    "pca-share-kl": dict(init="pca", full_dim_share=0.4, distill_weight=1.0, distill_temperature=1.0),
+    "pca-share-kl-t2": dict(init="pca", full_dim_share=0.4, distill_weight=1.0, distill_temperature=2.0),
+    "pca-share6-kl": dict(init="pca", full_dim_share=0.6, distill_weight=1.0, distill_temperature=1.0),
+}
+VARIANTS = ("plain", "matryoshka", "reference", "matryoshka-small", *RECIPES)
+# a variant name with this suffix is the same trained model with a PCA rotation fitted after training (no training
+# cost; `matryoshka-st adapt`), applied to the vectors before truncation
+POSTHOC = "+pca-after"
+PCA_TEXTS = 5000  # texts of the training sample the rotations are fitted on (the CLI's --init_texts default)
 HEAD_MODES = ("separate", "shared")
 LABELS = ("own positive", "same source", "other source")
 
@@ -120,6 +139,8 @@ def split_sample(
 ) -> tuple[dict[str, list[dict[str, str]]], list[dict[str, str]]]:
     """``(retrieval pairs by source, classification pairs)``: the first ``MIX[s] * n_retrieval`` pairs of each source
     train retrieval; the next ``MIX[s] * n_classification`` are the classification pool (disjoint)."""
+    if n_retrieval <= 0:  # every pair of every source (the sources' own sizes, not MIX), nothing for classification
+        return {source: by_source[source] for source in MIX}, []
     retrieval, pool = {}, []
     for source, share in MIX.items():
         rows, n, m = by_source[source], round(share * n_retrieval), round(share * n_classification)
@@ -128,6 +149,13 @@ def split_sample(
         retrieval[source] = rows[:n]
         pool.extend(rows[n : n + m])
     return retrieval, pool
+
+
+def sample_texts(retrieval: dict[str, list[dict[str, str]]], n: int, seed: int) -> list[str]:
+    """``n`` distinct texts (anchors and positives) of the retrieval sample, drawn with ``seed``."""
+    texts = sorted({r[c] for rows in retrieval.values() for r in rows for c in ("anchor", "positive")})
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
 
 
 def classification_set(pool: list[dict[str, str]], seed: int) -> list[dict[str, Any]]:
@@ -170,6 +198,9 @@ def make_loss(variant: str, model: Any) -> Any:
         return st_losses.MatryoshkaLoss(model, inner, list(TRAIN_DIMS))
     if variant == "matryoshka-small":
         return MatryoshkaLoss(model, inner, list(TRAIN_DIMS), matryoshka_weights=small_dim_weights())
+    if variant in RECIPES:
+        kwargs = {k: v for k, v in RECIPES[variant].items() if k != "init"}
+        return MatryoshkaLoss(model, inner, list(TRAIN_DIMS), **kwargs)
     raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
 
 
@@ -178,7 +209,8 @@ def training_arguments(args: argparse.Namespace, output: Path, steps: int, batch
 
     return SentenceTransformerTrainingArguments(
         output_dir=str(output / "checkpoints"),
-        max_steps=steps,
+        max_steps=steps if steps > 0 else -1,  # 0: one epoch
+        num_train_epochs=1,
         per_device_train_batch_size=batch_size,
         learning_rate=args.learning_rate,
         warmup_steps=max(1, steps // 10),
@@ -190,6 +222,7 @@ def training_arguments(args: argparse.Namespace, output: Path, steps: int, batch
         logging_steps=max(1, steps // 10),
         report_to="none",
         use_cpu=args.device == "cpu",
+        bf16=args.bf16,
         dataloader_drop_last=True,
         disable_tqdm=not sys.stderr.isatty(),
     )
@@ -251,6 +284,10 @@ def train_retrieval(
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(base, device=args.device)
+        if RECIPES.get(variant, {}).get("init") == "pca":
+            from matryoshka_st.posthoc import add_pca_rotation
+
+            add_pca_rotation(model, texts=sample_texts(retrieval, PCA_TEXTS, seed), batch_size=128)
         datasets = DatasetDict(
             {
                 source: Dataset.from_list([{"anchor": r["anchor"], "positive": r["positive"]} for r in rows])
@@ -391,18 +428,43 @@ def score_with_harness(
 _NUMPY_SCORES: dict[str, dict[str, dict[int, np.ndarray]]] = {}
 
 
-def score_with_numpy(models: dict[str, str], tasks: dict[str, tuple], device: str) -> dict:
+def score_with_numpy(
+    models: dict[str, str], tasks: dict[str, tuple], device: str, pca_texts: list[str] | None = None
+) -> dict:
     """Per-query nDCG@10 without mteb; each model folder is encoded once per process (the base model serves every
-    seed)."""
+    seed). With ``pca_texts``, every model is also scored with a PCA rotation fitted on its embeddings of those texts
+    after training (``name + POSTHOC``)."""
     from sentence_transformers import SentenceTransformer
 
-    for path in models.values():
-        if path not in _NUMPY_SCORES:
+    from matryoshka_st.posthoc import fit_pca_rotation
+
+    scores = {}
+    for name, path in models.items():
+        keys = [(name, path)] + ([(name + POSTHOC, path + POSTHOC)] if pca_texts else [])
+        if any(key not in _NUMPY_SCORES for _, key in keys):
             model = SentenceTransformer(path, device=device)
-            _NUMPY_SCORES[path] = per_query_scores(
-                lambda texts, m=model: m.encode(texts, batch_size=128, convert_to_numpy=True).astype(np.float32), tasks
-            )
-    return {name: _NUMPY_SCORES[path] for name, path in models.items()}
+
+            def encode(texts: list[str], m: Any = model) -> np.ndarray:
+                return m.encode(texts, batch_size=128, convert_to_numpy=True).astype(np.float32)
+
+            texts = sorted({t for task in tasks.values() for t in task[1] + task[3]})
+            table = dict(zip(texts, encode(texts), strict=True))
+            _NUMPY_SCORES[path] = per_query_scores(lambda ts, t=table: np.stack([t[x] for x in ts]), tasks)
+            if pca_texts:
+                rotation = fit_pca_rotation(encode(pca_texts)).astype(np.float32)  # rows: principal directions
+                _NUMPY_SCORES[path + POSTHOC] = per_query_scores(
+                    lambda ts, t=table, r=rotation: np.stack([t[x] for x in ts]) @ r.T, tasks
+                )
+        scores.update({label: _NUMPY_SCORES[key] for label, key in keys})
+    return scores
+
+
+def save_per_query(folder: Path, seed: int, per_query: dict[str, dict[str, dict[int, np.ndarray]]]) -> None:
+    """One ``<name>@<seed>.npz`` per model (``<task>@<dim>`` arrays), which ``recipe_report.py`` combines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, by_task in per_query.items():
+        arrays = {f"{t}@{d}": v.astype(np.float32) for t, by_dim in by_task.items() for d, v in by_dim.items()}
+        np.savez(folder / f"{name}@{seed}.npz", **arrays)
 
 
 # -------------------------------------------------------------------------------------------------------------- report
@@ -543,8 +605,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder holding train/pairs.jsonl.gz and dev/<task>/ (default: ../shared/data)",
     )
     parser.add_argument("--base", default=None, help="model to fine-tune (default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--pairs", type=int, default=9600, help="retrieval training pairs (default 9600)")
-    parser.add_argument("--steps", type=int, default=150, help="training steps per variant (default 150)")
+    parser.add_argument(
+        "--pairs", type=int, default=9600, help="retrieval training pairs (default 9600); 0: every pair of the file"
+    )
+    parser.add_argument("--steps", type=int, default=150, help="training steps per variant (default 150); 0: 1 epoch")
+    parser.add_argument("--bf16", action="store_true", help="train in bf16 mixed precision (GPU)")
+    parser.add_argument(
+        "--posthoc-pca", action="store_true", help="also score every model with a PCA rotation fitted after training"
+    )
+    parser.add_argument("--per-query-dir", type=Path, default=None, help="write <name>@<seed>.npz per-query scores")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-seq-length", type=int, default=128, help="in training; evaluation uses the model's")
@@ -567,9 +636,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scorer == "harness" and len(args.seeds) > 1:
         parser.error("--seeds with several seeds needs --scorer numpy")
-    for name in ("pairs", "steps", "batch_size", "head_batch_size", "head_max_seq_length", "head_test"):
+    for name in ("batch_size", "head_batch_size", "head_max_seq_length", "head_test"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("pairs", "steps"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0")
     if args.head_steps < 0:
         parser.error("--head-steps must be >= 0")
     return args
@@ -601,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.learning_rate,
         max_seq_length=args.max_seq_length,
         device=args.device,
+        **({"bf16": True} if args.bf16 else {}),
     )
     runs: dict[int, dict[str, Any]] = {}
     for seed in args.seeds:
@@ -609,6 +682,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = dict(common, variant=variant, steps=args.steps, seed=seed, dims=TRAIN_DIMS)
             if variant == "matryoshka-small":
                 settings["weights"] = small_dim_weights()
+            if variant in RECIPES:
+                settings["recipe"] = RECIPES[variant]
+                if "init" in RECIPES[variant]:
+                    settings["pca_texts"] = PCA_TEXTS
             folder, facts[variant] = cached_model(
                 args.cache_dir, variant, settings, train_retrieval(variant, base, retrieval, args, seed)
             )
@@ -616,7 +693,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.scorer == "harness":
             per_query = score_with_harness(models, args.data, tasks, args.output, args.cache_dir, args.device)
         else:
-            per_query = score_with_numpy(models, tasks, args.device)
+            pca_texts = sample_texts(retrieval, PCA_TEXTS, seed) if args.posthoc_pca else None
+            per_query = score_with_numpy(models, tasks, args.device, pca_texts)
+        if args.per_query_dir:
+            save_per_query(args.per_query_dir, seed, per_query)
         heads = {}
         if args.head_steps:
             rows = classification_set(pool, args.sample_seed)

@@ -129,14 +129,31 @@ def validate_dims(
 
 
 def truncate(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
-    """Keep the first ``dim`` coordinates and L2-renormalise: ``(..., D) -> (..., dim)``."""
+    """Keep the first ``dim`` coordinates and L2-renormalise: ``(..., D) -> (..., dim)``, in the input's dtype.
+
+    The norm is computed in float32 and the result cast back: in float16 the sum of squares overflows for values
+    above ~256 (and underflows for tiny ones), which would turn a valid embedding into zeros or NaN. A zero vector
+    stays a zero vector.
+
+    Example:
+        >>> truncate(torch.tensor([[3.0, 4.0, 12.0]], dtype=torch.float16), 2)
+        tensor([[0.6001, 0.7998]], dtype=torch.float16)
+    """
     if dim > embeddings.shape[-1]:
         raise ValueError(f"Cannot truncate embeddings of dimension {embeddings.shape[-1]} to {dim}.")
-    return F.normalize(embeddings[..., :dim], p=2, dim=-1)
+    cut = embeddings[..., :dim]
+    if cut.dtype in (torch.float16, torch.bfloat16):
+        return F.normalize(cut.float(), p=2, dim=-1).to(cut.dtype)
+    return F.normalize(cut, p=2, dim=-1)
 
 
 def truncate_numpy(embeddings: np.ndarray, dim: int) -> np.ndarray:
-    """:func:`truncate` for numpy arrays, e.g. stored embeddings: ``(N, D) -> (N, dim)``, unit length rows."""
+    """:func:`truncate` for numpy arrays, e.g. stored embeddings: ``(N, D) -> (N, dim)``, unit length rows.
+
+    Always computed in and returned as float32, whatever the input dtype (float16 from ``encode(precision=...)`` or a
+    half-precision model included): the norm cannot overflow, zero rows stay zero, and FAISS, which only takes
+    float32, can index the result directly.
+    """
     if dim > embeddings.shape[-1]:
         raise ValueError(f"Cannot truncate embeddings of dimension {embeddings.shape[-1]} to {dim}.")
     cut = np.asarray(embeddings[..., :dim], dtype=np.float32)

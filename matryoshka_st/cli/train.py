@@ -23,6 +23,8 @@ examples:
   matryoshka-st train examples/configs/minilm_default.yaml --learning_rate 5e-5
 """
 
+logger = logging.getLogger(__name__)
+
 _INTERNAL = {"func", "command", "config", "config_file", "help"}
 
 
@@ -99,13 +101,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_job_report(config, result) -> None:
-    """The embedded default job ends with the MTEB report (tables, plots) of base vs fine-tuned on the dev set."""
+    """The embedded default job ends with the MTEB report (tables, plots) of base vs fine-tuned on the dev set.
+
+    Skipped with a warning where mteb is not installed (e.g. a bare GPU image): the model is trained and saved.
+    """
+    try:
+        from matryoshka_st.evaluation import compare
+    except ImportError as error:
+        logger.warning("Skipping the MTEB report of the default job: %s. Install mteb to get it.", error)
+        return
     from pathlib import Path
 
     from sentence_transformers import SentenceTransformer
 
     from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, bundled_model_path
-    from matryoshka_st.evaluation import compare
 
     models = {"base": bundled_model_path(), "fine-tuned": result.model_path}
     loaded = {}

@@ -32,7 +32,8 @@ from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
 from matryoshka_st.dims import default_dims, validate_dims
-from matryoshka_st.evaluation.cache import PRECISIONS, EmbeddingCache, TruncatedEncoder, check_precisions
+from matryoshka_st.evaluation.cache import EmbeddingCache, TruncatedEncoder
+from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
 from matryoshka_st.evaluation.report import Report, render
 from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
 

@@ -28,6 +28,7 @@ from matryoshka_st.evaluation.quality import QualityByDim, share_of_full
 from matryoshka_st.losses import MatryoshkaLoss
 from matryoshka_st.losses.heads import HEADS_CONFIG_NAME
 from matryoshka_st.metadata import MatryoshkaConfig, matryoshka_config_from_loss, write_matryoshka_config
+from matryoshka_st.training._launch import log_launch
 from matryoshka_st.training.arguments import ConfigError, TrainConfig, launched_processes, parse_config
 from matryoshka_st.training.callbacks import NonFiniteLossError, SaveMatryoshkaExtras, StopOnNonFiniteLoss
 from matryoshka_st.training.checkpoints import (
@@ -324,6 +325,7 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
             print(result.table())
     """
     _check_environment(config.training)
+    log_launch(config.training)
     resume = resolve_resume(config)
     _check_output_dir(config.training, resume)
     train_dataset, eval_dataset, spec = _load_datasets(config)

@@ -3,7 +3,9 @@ the console script."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import pytest
 
@@ -106,3 +108,14 @@ def test_console_script_runs_end_to_end(model_dir, workdir):
     assert "fine-tuned ndcg@10" in process.stdout
     assert "saved to" in process.stdout
     assert read_matryoshka_config(workdir / "out" / "final").matryoshka_dims == [64, 16]
+
+
+def test_default_job_report_is_skipped_without_mteb(monkeypatch, caplog):
+    """On a machine without mteb (a bare GPU image) the default job still trains and saves; only the report goes."""
+    from matryoshka_st.cli.train import _default_job_report
+
+    monkeypatch.setitem(sys.modules, "mteb", None)  # import mteb -> ImportError
+    monkeypatch.setitem(sys.modules, "matryoshka_st.evaluation", None)
+    with caplog.at_level(logging.WARNING, logger="matryoshka_st.cli.train"):
+        _default_job_report(config=None, result=None)  # returns before touching either
+    assert "Skipping the MTEB report of the default job" in caplog.text

@@ -54,6 +54,7 @@ def test_two_cpu_processes_with_gloo(tiny_model_dir, tmp_path):
     assert process.stdout.count("saved to") == 1
     assert process.stderr.count("Saving the final model") == 1
     assert process.stderr.count("Evaluating the base model") == 1
+    assert process.stderr.count("Launched: world size 2 (distributed type MULTI_CPU") == 1
     state = json.loads((tmp_path / "out" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert read_matryoshka_config(tmp_path / "out" / "final").matryoshka_dims == [64, 32]

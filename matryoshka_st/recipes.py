@@ -1,0 +1,74 @@
+"""Named Matryoshka training recipes: how ``matryoshka-st train`` trains beyond the loss's own defaults.
+
+A recipe bundles the settings that the recipe study (``benchmarks/quality_vs_dim.py`` + ``recipe_report.py``, see
+benchmarks/README.md) compared on the same data, budget and seeds:
+
+- ``init``: ``"pca"`` starts from the model with a PCA rotation fitted on its embeddings of the training texts
+  (:func:`matryoshka_st.posthoc.add_pca_rotation`); full-size similarities are unchanged, prefixes start ordered by
+  variance;
+- ``distill_weight`` / ``distill_temperature``: self-distillation from the full dimension to each prefix
+  (:func:`matryoshka_st.losses.distill.similarity_distillation`);
+- ``full_dim_share``: the full dimension's share of the total loss weight;
+- ``pca_after``: a PCA rotation fitted after training, on the same texts (no training cost).
+
+``reference`` is exactly sentence-transformers' ``MatryoshkaLoss`` (uniform weights, nothing else).
+
+Example:
+    >>> from matryoshka_st.recipes import get_recipe
+    >>> get_recipe("reference").loss_kwargs()
+    {}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One named set of training settings (see the module docstring)."""
+
+    name: str
+    init: Literal["none", "pca"] = "none"
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    full_dim_share: float | None = None
+    pca_after: bool = False
+    description: str = ""
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The :class:`~matryoshka_st.MatryoshkaLoss` arguments this recipe sets (only those that differ from it)."""
+        kwargs: dict[str, Any] = {}
+        if self.distill_weight:
+            kwargs.update(distill_weight=self.distill_weight, distill_temperature=self.distill_temperature)
+        if self.full_dim_share is not None:
+            kwargs["full_dim_share"] = self.full_dim_share
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("reference", description="sentence-transformers' MatryoshkaLoss: uniform weights, nothing else"),
+        Recipe(
+            "pca-share-kl",
+            init="pca",
+            distill_weight=1.0,
+            distill_temperature=1.0,
+            full_dim_share=0.4,
+            description="PCA start, full dim at 40% of the loss weight, self-distillation from the full dim",
+        ),
+    )
+}
+DEFAULT_RECIPE = "pca-share-kl"
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"Unknown recipe {name!r}: choose one of {sorted(RECIPES)}.")
+    return RECIPES[name]
