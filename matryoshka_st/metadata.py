@@ -42,14 +42,16 @@ class MatryoshkaConfig:
     loss: str | None = None
     n_dims_per_step: int = -1
     head_mode: str | None = None
+    recipe: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
-        if data["head_mode"] is None:
-            data.pop("head_mode")
+        for optional in ("head_mode", "recipe"):
+            if data[optional] is None:
+                data.pop(optional)
         return {**data, **extra}
 
 

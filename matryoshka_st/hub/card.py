@@ -154,6 +154,7 @@ def render_section(
         weights=[f"{w:g}" for w in weights],
         weighted=len(set(weights)) > 1,
         loss=info["loss"],
+        recipe=info["recipe"],
         full_dim=full_dim,
         recommended_dim=recommended,
         recommended_reason=reason,

@@ -49,6 +49,26 @@ def _patched(obj: Any, name: str, value: Any):
             setattr(obj, name, previous)
 
 
+def check_recipe_arguments(
+    distill_weight: float = 0.0, distill_temperature: float = 1.0, full_dim_share: float | None = None
+) -> None:
+    """``ValueError`` unless ``distill_weight >= 0``, ``distill_temperature > 0`` (both finite numbers) and
+    ``full_dim_share`` is ``None`` or in ``(0, 1)``. The checks of :class:`MatryoshkaLoss`, also run by
+    :class:`matryoshka_st.recipes.Recipe` so that a training run fails before it loads anything."""
+    for name, value in (("distill_weight", distill_weight), ("distill_temperature", distill_temperature)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if distill_weight < 0:
+        raise ValueError(f"distill_weight must be >= 0 (0 turns self-distillation off), got {distill_weight}.")
+    if distill_temperature <= 0:
+        raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}.")
+    if full_dim_share is not None:
+        if isinstance(full_dim_share, bool) or not isinstance(full_dim_share, (int, float)):
+            raise ValueError(f"full_dim_share must be a number in (0, 1) or None, got {full_dim_share!r}.")
+        if not 0 < full_dim_share < 1:
+            raise ValueError(f"full_dim_share must be in (0, 1) (a share of the total weight), got {full_dim_share}.")
+
+
 def _share_full(dims: list[int], weights: list[float], share: float) -> list[float]:
     """Weights with the full (first, largest) dim at ``share`` of the total and the others in their proportions."""
     total, others = sum(weights), sum(weights[1:])
@@ -196,20 +216,8 @@ class MatryoshkaLoss(nn.Module):
             )
         if head_mode not in HEAD_MODES:
             raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {head_mode!r}.")
-        for name, value in (("distill_weight", distill_weight), ("distill_temperature", distill_temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
-        if distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0 (0 turns self-distillation off), got {distill_weight}.")
-        if distill_temperature <= 0:
-            raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}.")
+        check_recipe_arguments(distill_weight, distill_temperature, full_dim_share)
         if full_dim_share is not None:
-            if isinstance(full_dim_share, bool) or not isinstance(full_dim_share, (int, float)):
-                raise ValueError(f"full_dim_share must be a number in (0, 1) or None, got {full_dim_share!r}.")
-            if not 0 < full_dim_share < 1:
-                raise ValueError(
-                    f"full_dim_share must be in (0, 1) (a share of the total weight), got {full_dim_share}."
-                )
             if full_dim not in self.matryoshka_dims or len(self.matryoshka_dims) < 2:
                 raise ValueError(
                     f"full_dim_share needs the full dimension {full_dim} and at least one smaller dim in "

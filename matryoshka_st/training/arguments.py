@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 import yaml
@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 
 from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, SAMPLE_PAIRS
 from matryoshka_st.dims import validate_dims
+from matryoshka_st.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 
 DEFAULT_JOB_OUTPUT_DIR = os.path.join("output", "matryoshka-minilm")
 
@@ -124,11 +125,37 @@ class MatryoshkaArguments:
         default="separate",
         metadata={"help": "For losses with a classifier head: a head per dim (MRL) or one sliced head (MRL-E)."},
     )
-    init: Literal["none", "pca"] = field(
-        default="none",
+    recipe: str = field(
+        default=DEFAULT_RECIPE,
+        metadata={
+            "help": f"The training recipe (matryoshka_st.recipes): one of {sorted(RECIPES)}. Default "
+            f"{DEFAULT_RECIPE!r}: PCA start, full dim at 0.4 of the loss weight, self-distillation from the full "
+            "dim, PCA rotation after training. 'reference' trains exactly as sentence-transformers' MatryoshkaLoss."
+        },
+    )
+    init: Optional[Literal["none", "pca"]] = field(  # noqa: UP045 - HfArgumentParser needs typing.Optional here
+        default=None,
         metadata={
             "help": "Start from a PCA-rotated model (matryoshka_st.posthoc.add_pca_rotation) fitted on embeddings of "
-            "the training texts: coordinates ordered by variance, full-dim similarities unchanged."
+            "the training texts: coordinates ordered by variance, full-dim similarities unchanged. Default: the "
+            "recipe's."
+        },
+    )
+    distill_weight: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "Self-distillation weight lambda (0 turns it off). Default: the recipe's."},
+    )
+    distill_temperature: Optional[float] = field(  # noqa: UP045
+        default=None, metadata={"help": "Self-distillation temperature tau. Default: the recipe's."}
+    )
+    full_dim_share: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "The full dim's share of the total loss weight, in (0, 1). Default: the recipe's."},
+    )
+    pca_after: Optional[bool] = field(  # noqa: UP045
+        default=None,
+        metadata={
+            "help": "Rotate the trained model by PCA on the training texts before saving. Default: the recipe's."
         },
     )
     init_texts: int = field(
@@ -156,6 +183,17 @@ class MatryoshkaArguments:
         default=True, metadata={"help": "Evaluate the base model at every dim before training, for comparison."}
     )
 
+    def resolved_recipe(self) -> Recipe:
+        """The recipe named by ``recipe`` with the explicitly set fields (``init``, ``distill_weight``, ...)
+        replacing its own."""
+        return get_recipe(self.recipe).with_overrides(
+            init=self.init,
+            distill_weight=self.distill_weight,
+            distill_temperature=self.distill_temperature,
+            full_dim_share=self.full_dim_share,
+            pca_after=self.pca_after,
+        )
+
     def __post_init__(self) -> None:
         # dims against the model, n_dims_per_step and head_mode are checked by MatryoshkaLoss, their authority
         if self.matryoshka_dims is not None:
@@ -165,8 +203,10 @@ class MatryoshkaArguments:
                 raise ConfigError(str(error)) from error
         elif self.matryoshka_weights is not None:
             raise ConfigError("--matryoshka_weights needs --matryoshka_dims: give one weight per dim.")
-        if self.init not in ("none", "pca"):
-            raise ConfigError(f"--init must be 'none' or 'pca', got {self.init!r}.")
+        try:
+            self.resolved_recipe()
+        except ValueError as error:
+            raise ConfigError(f"--{str(error)}" if not str(error).startswith("Unknown") else str(error)) from error
         if self.init_texts < 2:
             raise ConfigError(f"--init_texts must be at least 2, got {self.init_texts}.")
         if not 0 < self.recommend_threshold <= 1:

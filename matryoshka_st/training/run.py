@@ -28,6 +28,7 @@ from matryoshka_st.evaluation.quality import QualityByDim, share_of_full
 from matryoshka_st.losses import MatryoshkaLoss
 from matryoshka_st.losses.heads import HEADS_CONFIG_NAME
 from matryoshka_st.metadata import MatryoshkaConfig, matryoshka_config_from_loss, write_matryoshka_config
+from matryoshka_st.recipes import Recipe
 from matryoshka_st.training._launch import log_launch
 from matryoshka_st.training.arguments import ConfigError, TrainConfig, launched_processes, parse_config
 from matryoshka_st.training.callbacks import NonFiniteLossError, SaveMatryoshkaExtras, StopOnNonFiniteLoss
@@ -163,20 +164,26 @@ def _load_model(config: TrainConfig) -> SentenceTransformer:
     return model
 
 
-def _init_pca(model: SentenceTransformer, train_dataset: Any, spec: Any, n_texts: int) -> None:
-    """``--init pca``: rotate the model's coordinates by variance on its own training texts before training."""
-    from matryoshka_st.posthoc import add_pca_rotation
-
+def _pca_texts(train_dataset: Any, spec: Any, n_texts: int) -> list[str]:
+    """Up to ``n_texts`` distinct training texts, column by column, to fit PCA rotations on."""
     texts: list[str] = []
     for column in spec.text_columns:
         texts.extend(str(text) for text in train_dataset[column][: n_texts - len(texts)])
         if len(texts) >= n_texts:
             break
-    logger.info("Fitting a PCA rotation on %d training texts (--init pca).", len(texts))
-    add_pca_rotation(model, texts=list(dict.fromkeys(texts)))
+    return list(dict.fromkeys(texts))
 
 
-def _build_loss(model: SentenceTransformer, spec: LossSpec, config: TrainConfig) -> MatryoshkaLoss:
+def _rotate_by_pca(model: SentenceTransformer, texts: list[str], when: str) -> None:
+    """Rotate the model's coordinates by variance on ``texts`` (full-dim similarities unchanged); a rotation after
+    training is composed into the PCA start's module, so the model keeps one rotation."""
+    from matryoshka_st.posthoc import add_pca_rotation
+
+    logger.info("Fitting a PCA rotation on %d training texts (%s).", len(texts), when)
+    add_pca_rotation(model, texts=texts, batch_size=64, fold=True)
+
+
+def _build_loss(model: SentenceTransformer, spec: LossSpec, config: TrainConfig, recipe: Recipe) -> MatryoshkaLoss:
     """The inner loss wrapped in ``MatryoshkaLoss``, which checks the Matryoshka arguments against the model."""
     mrl = config.matryoshka
     kwargs = dict(spec.kwargs)
@@ -197,7 +204,13 @@ def _build_loss(model: SentenceTransformer, spec: LossSpec, config: TrainConfig)
         raise DataError(f"Cannot build {spec.name} with {kwargs}: {error}") from error
     try:
         return MatryoshkaLoss(
-            model, inner, mrl.matryoshka_dims, mrl.matryoshka_weights, mrl.n_dims_per_step, mrl.head_mode
+            model,
+            inner,
+            mrl.matryoshka_dims,
+            mrl.matryoshka_weights,
+            mrl.n_dims_per_step,
+            mrl.head_mode,
+            **recipe.loss_kwargs(),
         )
     except ValueError as error:
         raise ConfigError(str(error)) from error
@@ -230,9 +243,10 @@ def _trainer_arguments(
     return training
 
 
-def _metadata(loss: MatryoshkaLoss, result: TrainResult, threshold: float) -> MatryoshkaConfig:
+def _metadata(loss: MatryoshkaLoss, result: TrainResult, threshold: float, recipe: Recipe) -> MatryoshkaConfig:
     return matryoshka_config_from_loss(
         loss,
+        recipe=recipe.to_dict(),
         recommended_truncate_dim=result.recommended_truncate_dim or loss.full_dim,
         recommendation={
             "metric": result.metric,
@@ -330,9 +344,12 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     _check_output_dir(config.training, resume)
     train_dataset, eval_dataset, spec = _load_datasets(config)
     model = _load_model(config)
-    if config.matryoshka.init == "pca" and resume is None:
-        _init_pca(model, train_dataset, spec, config.matryoshka.init_texts)
-    loss = _build_loss(model, spec, config)
+    recipe = config.matryoshka.resolved_recipe()
+    logger.info("Recipe %r: %s", recipe.name, recipe.to_dict())
+    pca_texts = _pca_texts(train_dataset, spec, config.matryoshka.init_texts)
+    if recipe.init == "pca" and resume is None:
+        _rotate_by_pca(model, pca_texts, "a PCA start")
+    loss = _build_loss(model, spec, config, recipe)
     dims = loss.matryoshka_dims
     plan = eval_plan(config, dims, spec, eval_dataset)
     training = _trainer_arguments(config, spec, plan, dims, eval_dataset is not None)
@@ -364,13 +381,15 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     result.global_step = trainer.state.global_step
 
     if is_main:
+        if recipe.pca_after:
+            _rotate_by_pca(trainer.model, pca_texts, "a PCA rotation after training")
         if plan.evaluator is not None:
             logger.info("Evaluating the fine-tuned model at dims %s.", dims)
             result.scores_after = plan.scores(plan.evaluator(trainer.model), dims)
         threshold = config.matryoshka.recommend_threshold
         quality = result.quality(threshold)
         result.recommended_truncate_dim = quality.recommended_dim if quality is not None else None
-        result.model_path = _save_final(trainer, loss, _metadata(loss, result, threshold))
+        result.model_path = _save_final(trainer, loss, _metadata(loss, result, threshold, recipe))
     trainer.accelerator.wait_for_everyone()
     if not is_main:
         result.model_path = str((Path(training.output_dir) / FINAL_DIR_NAME).resolve())

@@ -13,7 +13,9 @@ from matryoshka_st.hub.push import DEFAULT_COMMIT_MESSAGE
 TOKEN = "hf_testTOKENthatMustNeverBeWritten0123"
 MODEL_FILES = [
     "1_Pooling/config.json",
-    "2_Normalize/config.json",
+    "2_Dense/config.json",  # the default recipe's PCA rotation
+    "2_Dense/model.safetensors",
+    "3_Normalize/config.json",
     "config.json",
     "config_sentence_transformers.json",
     "matryoshka_config.json",

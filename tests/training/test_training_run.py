@@ -52,7 +52,9 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
 
     metadata = read_matryoshka_config(result.model_path)
     assert metadata.matryoshka_dims == [64, 32]
-    assert metadata.matryoshka_weights == [1.0, 1.0]
+    # the default recipe: the full dim carries 0.4 of the total weight, PCA rotations before and after training
+    assert metadata.matryoshka_weights == pytest.approx([0.8, 1.2])
+    assert metadata.recipe["name"] == "pca-share-kl" and metadata.recipe["pca_after"] is True
     assert metadata.loss == "MultipleNegativesRankingLoss"
     assert metadata.recommended_truncate_dim == result.recommended_truncate_dim in (64, 32)
     assert metadata.recommendation["metric"] == "heldout_dim_{dim}_cosine_ndcg@10"
@@ -64,7 +66,8 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
     # per-dim loss components and per-dim evaluation are logged; the best checkpoint is chosen by the dim-32 metric
     history = json.load(open(output_dir / "checkpoint-4" / "trainer_state.json"))
     logged = set().union(*(entry.keys() for entry in history["log_history"]))
-    assert {"loss_dim_64", "loss_dim_32", "eval_loss_dim_32", "eval_heldout_dim_32_cosine_ndcg@10"} <= logged
+    assert {"loss_dim_64", "loss_dim_32", "distill_dim_32", "eval_loss_dim_32"} <= logged
+    assert "eval_heldout_dim_32_cosine_ndcg@10" in logged
     assert history["best_model_checkpoint"] is not None
     assert not [name for name in os.listdir(output_dir) if name.startswith(".")]  # no temporary folders left
 
