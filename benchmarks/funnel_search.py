@@ -16,7 +16,6 @@ runs in this one process with the same FAISS / torch thread count and query batc
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import logging
@@ -32,6 +31,10 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _common import pair_texts  # noqa: E402 - the script's folder is on sys.path
+
+from matryoshka_st.readers import iter_jsonl  # noqa: E402
+
 logger = logging.getLogger("funnel_search")
 
 HERE = Path(__file__).resolve().parent
@@ -45,15 +48,12 @@ def load_texts(
     A text that is both an anchor and a positive is kept once, as a positive; dev queries are dropped from the corpus.
     """
     positives, anchors = {}, {}
-    with gzip.open(data / "train" / "pairs.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            pair = json.loads(line)
-            positives.setdefault(pair["positive"], None)
-            anchors.setdefault(pair["anchor"], None)
+    for pair in pair_texts(data):
+        positives.setdefault(pair["positive"], None)
+        anchors.setdefault(pair["anchor"], None)
     queries = []
     for task in sorted((data / "dev").iterdir()):
-        with open(task / "queries.jsonl", encoding="utf-8") as f:
-            queries.extend(json.loads(line)["text"] for line in f)
+        queries.extend(row["text"] for _, row in iter_jsonl(task / "queries.jsonl"))
     random.Random(seed).shuffle(queries)
     queries = queries[:num_queries]
     held_out = set(queries)

@@ -22,7 +22,6 @@ process CPU time (``time.process_time``) of each method's own work: fitting, or 
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import logging
@@ -38,7 +37,12 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _common import load_task, ndcg_at_10_per_query, pair_texts  # noqa: E402 - the script's folder is on sys.path
+
 logger = logging.getLogger("posthoc")
+
+# quality_vs_dim.py imports these two from here
+__all__ = ["load_task", "ndcg_at_10_per_query"]
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("debian_descriptions", "wordnet_examples")
@@ -48,64 +52,12 @@ DIMS = (384, 256, 128, 64, 32, 16)
 # ---------------------------------------------------------------------------------------------------- data + scoring
 
 
-def load_task(folder: Path) -> tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]:
-    """``(query_ids, queries, doc_ids, docs, qrels)`` from a BEIR folder (``corpus.jsonl``, ``queries.jsonl``,
-    ``qrels/test.tsv``)."""
-
-    def rows(name: str) -> list[dict]:
-        with open(folder / name, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    queries = rows("queries.jsonl")
-    corpus = rows("corpus.jsonl")
-    qrels: dict[str, dict[str, int]] = {}
-    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            query_id, doc_id, score = line.rstrip("\n").split("\t")
-            qrels.setdefault(query_id, {})[doc_id] = int(score)
-    docs = [f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"] for row in corpus]
-    return [r["_id"] for r in queries], [r["text"] for r in queries], [r["_id"] for r in corpus], docs, qrels
-
-
-def ndcg_at_10_per_query(
-    query_emb: np.ndarray,
-    doc_emb: np.ndarray,
-    query_ids: list[str],
-    doc_ids: list[str],
-    qrels: dict[str, dict[str, int]],
-    dim: int,
-) -> np.ndarray:
-    """nDCG@10 of each query that has qrels, in ``query_ids`` order, exact cosine search on the first ``dim``
-    coordinates (renormalised); gain = relevance grade, discount log2(rank + 1), as in pytrec_eval / mteb."""
-    from matryoshka_st.dims import truncate_numpy
-
-    q = truncate_numpy(query_emb, dim)
-    d = truncate_numpy(doc_emb, dim)
-    scores = q @ d.T  # (Q, D)
-    k = min(10, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
-    discounts = 1.0 / np.log2(np.arange(2, 12))
-    values = []
-    for row, query_id in enumerate(query_ids):
-        relevant = qrels.get(query_id)
-        if not relevant:
-            continue
-        gains = np.array([relevant.get(doc_ids[i], 0) for i in order[row]], dtype=np.float64)
-        ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1][:10]
-        values.append(float(gains @ discounts[: len(gains)]) / float(ideal @ discounts[: len(ideal)]))
-    return np.array(values)
-
-
 def train_texts(data: Path, n: int, seed: int) -> list[str]:
     """A seeded sample of ``n`` unique texts (anchors and positives) from ``train/pairs.jsonl.gz``."""
     texts: dict[str, None] = {}
-    with gzip.open(data / "train" / "pairs.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            texts.setdefault(row["anchor"], None)
-            texts.setdefault(row["positive"], None)
+    for row in pair_texts(data):
+        texts.setdefault(row["anchor"], None)
+        texts.setdefault(row["positive"], None)
     pool = sorted(texts)
     random.Random(seed).shuffle(pool)
     return pool[:n]
@@ -113,8 +65,7 @@ def train_texts(data: Path, n: int, seed: int) -> list[str]:
 
 def train_pairs(data: Path, n: int, seed: int) -> list[dict[str, str]]:
     """A seeded sample of ``n`` anchor/positive pairs from ``train/pairs.jsonl.gz``."""
-    with gzip.open(data / "train" / "pairs.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
+    rows = pair_texts(data)
     random.Random(seed).shuffle(rows)
     return [{"anchor": r["anchor"], "positive": r["positive"]} for r in rows[:n]]
 

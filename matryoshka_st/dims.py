@@ -7,7 +7,8 @@ schedule against a model or that renormalises after cutting; that is what this m
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -47,10 +48,22 @@ def full_embedding_dim(model: SentenceTransformer) -> int | None:
     ``SentenceTransformer.get_embedding_dimension`` reports the truncated size, but the training forward pass
     never truncates, so a loss must validate its dims against the real output size.
     """
-    truncate_dim = getattr(model, "truncate_dim", None)
-    try:
-        model.truncate_dim = None
+    with at_full_size(model):
         return model.get_embedding_dimension()
+
+
+@contextmanager
+def at_full_size(model: SentenceTransformer) -> Iterator[SentenceTransformer]:
+    """Within the block, ``model`` encodes at its full output size (its ``truncate_dim`` is set back afterwards).
+
+    Example:
+        >>> with at_full_size(model):  # doctest: +SKIP
+        ...     full = model.encode(texts)
+    """
+    truncate_dim = getattr(model, "truncate_dim", None)
+    model.truncate_dim = None
+    try:
+        yield model
     finally:
         model.truncate_dim = truncate_dim
 
@@ -59,30 +72,34 @@ def validate_dims(
     dims: Sequence[int],
     full_dim: int | None = None,
     weights: Sequence[float] | None = None,
+    name: str = "matryoshka_dims",
 ) -> tuple[list[int], list[float]]:
-    """Check a dimension schedule (and its weights) and return them sorted from largest to smallest dim.
+    """Check a dimension schedule (and its weights) and return them sorted from largest to smallest dim; ``name``
+    is the argument's name in error messages.
 
     Raises:
         ValueError: on an empty list, non-integers, values < 1, duplicates, dims larger than ``full_dim``,
             or weights that are not one non-negative number per dim (and not all zero).
     """
-    if dims is None or len(dims) == 0:
-        raise ValueError("matryoshka_dims is empty: pass at least one dimension, e.g. [384, 256, 128, 64, 32].")
+    if dims is None or isinstance(dims, str | bytes) or len(dims) == 0:
+        raise ValueError(
+            f"{name} is empty: pass a non-empty list of positive integers, e.g. [384, 256, 128, 64, 32], got {dims!r}."
+        )
     bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, Integral)]
     if bad:
-        raise ValueError(f"matryoshka_dims must be integers, got {bad!r} in {list(dims)!r}.")
+        raise ValueError(f"{name} must be positive integers, got {bad!r} in {list(dims)!r}.")
     dims = [int(d) for d in dims]
     non_positive = [d for d in dims if d < 1]
     if non_positive:
-        raise ValueError(f"matryoshka_dims must be positive, got {non_positive!r} in {dims!r}.")
+        raise ValueError(f"{name} must be positive, got {non_positive!r} in {dims!r}.")
     duplicates = sorted({d for d in dims if dims.count(d) > 1})
     if duplicates:
-        raise ValueError(f"matryoshka_dims has duplicates {duplicates!r} in {dims!r}: list each dimension once.")
+        raise ValueError(f"{name} has duplicates {duplicates!r} in {dims!r}: list each dimension once.")
     if full_dim is not None:
         too_large = [d for d in dims if d > full_dim]
         if too_large:
             raise ValueError(
-                f"matryoshka_dims {too_large!r} exceed the model's embedding dimension {full_dim}: "
+                f"{name} {too_large!r} exceed the model's embedding dimension {full_dim}: "
                 f"use dims <= {full_dim}, e.g. {default_dims(full_dim)!r}."
             )
         if full_dim not in dims:

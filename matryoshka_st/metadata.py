@@ -1,8 +1,7 @@
 """The Matryoshka facts of a saved model, in ``matryoshka_config.json`` next to its other files.
 
-A separate file rather than a key in ``config_sentence_transformers.json``: sentence-transformers ignores unknown
-keys there when loading but rewrites that file without them on every ``save_pretrained``, while it leaves other
-files in the folder alone. ``SentenceTransformer(path)`` ignores the file; :func:`read_matryoshka_config` reads it.
+``SentenceTransformer(path)`` ignores the file; :func:`read_matryoshka_config` reads it (why a file of its own:
+docs/architecture.md).
 
 Layout (``format_version`` 1)::
 
@@ -43,30 +42,17 @@ class MatryoshkaConfig:
     loss: str | None = None
     n_dims_per_step: int = -1
     head_mode: str | None = None
+    recipe: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
-        if data["head_mode"] is None:
-            data.pop("head_mode")
+        for optional in ("head_mode", "recipe"):
+            if data[optional] is None:
+                data.pop(optional)
         return {**data, **extra}
-
-
-def recommend_dim(scores: dict[int, float], threshold: float = 0.98, full_dim: int | None = None) -> int | None:
-    """The smallest dim whose score is at least ``threshold`` times the full (largest) dim's score.
-
-    Example:
-        >>> recommend_dim({384: 0.60, 128: 0.58, 64: 0.50}, threshold=0.95)
-        128
-    """
-    if not scores:
-        return None
-    reference_dim = full_dim if full_dim in scores else max(scores)
-    reference = scores[reference_dim]
-    good = [dim for dim, score in scores.items() if score >= threshold * reference]
-    return min(good) if good else reference_dim
 
 
 def write_matryoshka_config(path: str | os.PathLike, config: MatryoshkaConfig) -> str:

@@ -117,6 +117,7 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
         "recommended_truncate_dim": None,
         "recommendation": None,
         "loss": None,
+        "recipe": None,
         "default_truncate_dim": st_config.get("truncate_dim"),
         "ends_with_normalize": last_type.rsplit(".", 1)[-1] == "Normalize",
     }
@@ -128,6 +129,7 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
             recommended_truncate_dim=config.recommended_truncate_dim,
             recommendation=config.recommendation,
             loss=config.loss,
+            recipe=config.recipe,
         )
     return info
 

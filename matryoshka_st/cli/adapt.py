@@ -9,11 +9,11 @@ this module reads the texts file and checks the arguments before the model is lo
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import logging
 import sys
 from pathlib import Path
+
+from matryoshka_st.readers import read_unique_texts
 
 logger = logging.getLogger(__name__)
 
@@ -21,50 +21,9 @@ TEXT_FIELDS = ("text", "anchor", "positive")
 
 
 def read_texts(path: str | Path, text_field: str | None = None) -> list[str]:
-    """The unique non-empty texts of a ``.txt`` file (one a line) or a ``.jsonl[.gz]`` file, in file order.
-
-    JSON lines give the value of ``text_field``, or else every one of ``text``, ``anchor`` and ``positive`` that the
-    row has (so a pairs file contributes both sides).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: an unknown extension, a malformed line, a row without a text field, or no text at all.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such texts file: {str(path)!r}.")
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    kind = suffixes[-1] if suffixes else ""
-    if kind not in (".txt", ".jsonl"):
-        raise ValueError(f"{path} is neither .txt (one text a line) nor .jsonl[.gz] (a text field a row).")
-    fields = (text_field,) if text_field else TEXT_FIELDS
-    opener = gzip.open if path.suffix == ".gz" else open
-    texts: dict[str, None] = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if kind == ".txt":
-                texts.setdefault(line.strip(), None)
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number} is not valid JSON ({error.msg}).") from None
-            values = [row[name] for name in fields if isinstance(row, dict) and name in row]
-            if not values:
-                found = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(
-                    f"{path} line {number} has none of the fields {list(fields)} (found {found}): pass --text-field."
-                )
-            for value in values:
-                if not isinstance(value, str):
-                    raise ValueError(f"{path} line {number}: expected text, got {type(value).__name__} {value!r}.")
-                if value.strip():
-                    texts.setdefault(value, None)
-    if not texts:
-        raise ValueError(f"{path} holds no text: it must have at least one non-empty text to fit on.")
-    return list(texts)
+    """The unique non-empty texts of a ``.txt`` or ``.jsonl[.gz]`` file: ``text_field``, else ``text``, ``anchor``
+    and ``positive`` (see :func:`matryoshka_st.readers.read_unique_texts`)."""
+    return read_unique_texts(path, (text_field,) if text_field else TEXT_FIELDS)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import sys
-from pathlib import Path
+
+from matryoshka_st.readers import read_texts
 
 logger = logging.getLogger(__name__)
 
@@ -25,41 +25,6 @@ def parse_stages(value: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(
             f"--stages must look like DIM:SHORTLIST[,DIM:SHORTLIST...], e.g. 64:1000,128:100; got {value!r}."
         ) from None
-
-
-def read_texts(path: str | Path, text_field: str = "text", id_field: str | None = None) -> tuple[list[str], list[str]]:
-    """``(ids, texts)`` from a ``.txt`` file (one text per line, ids are line numbers) or a ``.jsonl[.gz]`` file.
-
-    JSON lines take the text from ``text_field`` (prefixed by a non-empty ``title``, as in a BEIR ``corpus.jsonl``)
-    and the id from ``id_field``, else ``_id`` or ``id``, else the line number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such file: {str(path)!r}.")
-    opener = gzip.open if path.suffix == ".gz" else open
-    ids, texts = [], []
-    with opener(path, "rt", encoding="utf-8") as f:
-        if ".jsonl" not in path.suffixes and ".json" not in path.suffixes:
-            for number, line in enumerate(f):
-                if line.strip():
-                    ids.append(str(number))
-                    texts.append(line.rstrip("\n"))
-            return ids, texts
-        for number, line in enumerate(f):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if text_field not in row:
-                raise ValueError(
-                    f"{path} line {number + 1} has no field {text_field!r} (fields: {sorted(row)}): pass --text-field."
-                )
-            text = row[text_field]
-            if row.get("title"):
-                text = f"{row['title']} {text}"
-            key = id_field or next((name for name in ("_id", "id") if name in row), None)
-            ids.append(str(row[key]) if key else str(number))
-            texts.append(text)
-    return ids, texts
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,33 +40,13 @@ from sentence_transformers.util import quantize_embeddings
 from torch.utils.data import DataLoader
 
 from matryoshka_st.dims import full_embedding_dim, truncate_numpy
+from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
     from mteb.types import Array, PromptType
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("float32", "int8", "binary")
-
-
-def bytes_per_vector(dim: int, precision: str) -> int:
-    """Storage of one vector: 4 bytes a coordinate for float32, 1 for int8, 1 bit (rounded up to bytes) for binary.
-
-    Example:
-        >>> [bytes_per_vector(384, p) for p in ("float32", "int8", "binary")]
-        [1536, 384, 48]
-    """
-    check_precisions([precision])
-    return {"float32": 4 * dim, "int8": dim, "binary": math.ceil(dim / 8)}[precision]
-
-
-def check_precisions(precisions: list[str] | tuple[str, ...]) -> list[str]:
-    """The precisions, validated against :data:`PRECISIONS`."""
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad or not precisions:
-        raise ValueError(f"Unknown precision(s) {bad or precisions!r}: use one or more of {list(PRECISIONS)}.")
-    return list(dict.fromkeys(precisions))
 
 
 def model_revision(model: SentenceTransformer) -> str:

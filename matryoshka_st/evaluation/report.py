@@ -20,19 +20,15 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mteb.results import TaskResult
 
-from matryoshka_st.evaluation.cache import PRECISIONS, bytes_per_vector
+from matryoshka_st.evaluation.quality import MEAN, METRICS, PRECISIONS, QualityByDim, bytes_per_vector
 
 logger = logging.getLogger(__name__)
-
-MEAN = "mean"
-# the main scores of the local task kinds (see tasks.py), preferred when several metrics share the main score's value
-_LOCAL_MAIN_SCORES = ("ndcg_at_10", "cosine_spearman", "accuracy", "max_ap", "v_measure")
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,7 @@ class Report:
         plots: the PNG files (score vs dimension, score vs bytes per vector).
         table: the Markdown text of ``report.md``.
         recommended: per model label, the smallest dimension keeping ``keep`` of the full-dimension mean score.
+        qualities: the scores of each model, as :class:`~matryoshka_st.evaluation.quality.QualityByDim`.
     """
 
     markdown: Path
@@ -65,6 +62,7 @@ class Report:
     plots: list[Path] = field(default_factory=list)
     table: str = ""
     recommended: dict[str, int] = field(default_factory=dict)
+    qualities: list[QualityByDim] = field(default_factory=list)
 
 
 def load_scores(results_paths: Sequence[str | Path]) -> list[Score]:
@@ -128,7 +126,7 @@ def _main_score_name(result: TaskResult) -> str:
     except KeyError:  # a local task: the metric whose value mteb copied into main_score
         first = next(iter(result.scores.values()))[0]
         matches = [k for k, v in first.items() if k != "main_score" and v == first["main_score"]]
-        preferred = [k for k in _LOCAL_MAIN_SCORES if k in matches]
+        preferred = [k for k in METRICS if k in matches]
         return (preferred or matches or ["main_score"])[0]
 
 
@@ -154,7 +152,7 @@ def render(results_paths: Sequence[str | Path], output_dir: str | Path, keep: fl
     scores = load_scores(results_paths)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tables = _tables(scores)
+    tables = _tables(scores, keep)
     summary = _summary(tables, keep)
 
     markdown = _markdown(tables, summary, keep)
@@ -164,6 +162,7 @@ def render(results_paths: Sequence[str | Path], output_dir: str | Path, keep: fl
         summary=output_dir / "summary.json",
         table=markdown,
         recommended={label: s["recommended_dim"] for label, s in summary["models"].items()},
+        qualities=tables,
     )
     report.markdown.write_text(markdown, encoding="utf-8")
     _write_csv(report.csv, tables)
@@ -180,117 +179,42 @@ def render(results_paths: Sequence[str | Path], output_dir: str | Path, keep: fl
 # --- tables -----------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _ModelTable:
-    """All scores of one model: ``scores[precision][dim][task]``, with ``MEAN`` where every task has a score."""
-
-    label: str
-    name: str
-    revision: str
-    metrics: dict[str, str]
-    scores: dict[str, dict[int, dict[str, float]]]
-
-    @property
-    def tasks(self) -> list[str]:
-        return sorted(self.metrics)
-
-    @property
-    def full_dim(self) -> int:
-        return max(self.scores["float32"])
-
-    def reference(self, task: str) -> float:
-        return self.scores["float32"][self.full_dim].get(task, math.nan)
-
-    def share(self, task: str, precision: str, dim: int) -> float:
-        reference = self.reference(task)
-        score = self.scores[precision][dim].get(task, math.nan)
-        return score / reference if reference and reference > 0 else math.nan
-
-
-def _tables(scores: list[Score]) -> list[_ModelTable]:
+def _tables(scores: list[Score], keep: float = 0.98) -> list[QualityByDim]:
     revisions: dict[str, set[str]] = {}
     for s in scores:
         revisions.setdefault(s.model, set()).add(s.revision)
-    tables: dict[tuple[str, str], _ModelTable] = {}
+    tables: dict[tuple[str, str], tuple[str, dict[str, str], dict[str, dict[int, dict[str, float]]]]] = {}
     for s in sorted(scores, key=lambda s: (s.model, s.revision)):
         label = s.model.removeprefix("local/")
         if len(revisions[s.model]) > 1:
             label = f"{label}@{s.revision[:8]}"
-        table = tables.setdefault((s.model, s.revision), _ModelTable(label, s.model, s.revision, {}, {}))
-        table.metrics[s.task] = s.metric
-        table.scores.setdefault(s.precision, {}).setdefault(s.dim, {})[s.task] = s.score
+        _, metrics, by_precision = tables.setdefault((s.model, s.revision), (label, {}, {}))
+        metrics[s.task] = s.metric
+        by_precision.setdefault(s.precision, {}).setdefault(s.dim, {})[s.task] = s.score
     result = []
-    for table in tables.values():
-        if "float32" not in table.scores:
-            logger.warning("Skipping %s: no float32 results, so no full-dimension reference score.", table.label)
+    for (name, revision), (label, metrics, by_precision) in tables.items():
+        if "float32" not in by_precision:
+            logger.warning("Skipping %s: no float32 results, so no full-dimension reference score.", label)
             continue
-        for by_dim in table.scores.values():
-            for by_task in by_dim.values():
-                if all(task in by_task for task in table.tasks):
-                    by_task[MEAN] = sum(by_task[t] for t in table.tasks) / len(table.tasks)
-        # dims from largest to smallest, precisions in PRECISIONS order
-        table.scores = {
-            p: dict(sorted(table.scores[p].items(), reverse=True)) for p in PRECISIONS if p in table.scores
-        }
-        result.append(table)
+        metrics = {task: metrics[task] for task in sorted(metrics)}
+        result.append(QualityByDim(label, metrics, by_precision, keep, name, revision))
     if not result:
         raise ValueError("No model has float32 results: evaluate with precision float32 to get a reference score.")
     return result
 
 
-def _summary(tables: list[_ModelTable], keep: float) -> dict[str, Any]:
-    models = {}
+def _summary(tables: list[QualityByDim], keep: float) -> dict[str, Any]:
     for table in tables:
-        reference = table.reference(MEAN)
-        float32 = table.scores["float32"]
-        recommended = table.full_dim
-        if reference > 0:
-            kept = [d for d, by_task in float32.items() if by_task.get(MEAN, -math.inf) >= keep * reference]
-            recommended = min(kept)
-        else:
+        if not table.reference() > 0:
             logger.warning(
-                "%s: full-dimension mean score %.4f <= 0; recommending the full dimension.", table.label, reference
+                "%s: full-dimension mean score %.4f <= 0; recommending the full dimension.",
+                table.label,
+                table.reference(),
             )
-        candidates = [
-            (bytes_per_vector(d, p), -by_task[MEAN], d, p)
-            for p, by_dim in table.scores.items()
-            for d, by_task in by_dim.items()
-            if MEAN in by_task and reference > 0 and by_task[MEAN] >= keep * reference
-        ]
-        cheapest = min(candidates, default=None)
-        models[table.label] = {
-            "name": table.name,
-            "revision": table.revision,
-            "tasks": {task: table.metrics[task] for task in table.tasks},
-            "full_dim": table.full_dim,
-            "full_dim_mean_score": reference,
-            "keep": keep,
-            "recommended_dim": recommended,
-            "recommended_mean_score": float32[recommended].get(MEAN),
-            "cheapest": None
-            if cheapest is None
-            else {
-                "dim": cheapest[2],
-                "precision": cheapest[3],
-                "bytes_per_vector": cheapest[0],
-                "mean_score": -cheapest[1],
-            },
-            "scores": {
-                precision: {
-                    str(dim): {
-                        "bytes_per_vector": bytes_per_vector(dim, precision),
-                        **{task: by_task.get(task) for task in [*table.tasks, MEAN] if task in by_task},
-                        "share_of_full": table.share(MEAN, precision, dim) if MEAN in by_task else None,
-                    }
-                    for dim, by_task in by_dim.items()
-                }
-                for precision, by_dim in table.scores.items()
-            },
-        }
-    return {"keep": keep, "models": models}
+    return {"keep": keep, "models": {table.label: replace(table, keep=keep).to_dict() for table in tables}}
 
 
-def _markdown(tables: list[_ModelTable], summary: dict[str, Any], keep: float) -> str:
+def _markdown(tables: list[QualityByDim], summary: dict[str, Any], keep: float) -> str:
     lines = [
         "# Quality against dimension",
         "",
@@ -318,12 +242,12 @@ def _markdown(tables: list[_ModelTable], summary: dict[str, Any], keep: float) -
             lines += ["", f"## {table.label}: {precision}", ""]
             lines.append("| task (metric) | " + " | ".join(str(d) for d in dims) + " |")
             lines.append("| --- |" + " ---: |" * len(dims))
-            for task in [*table.tasks, MEAN] if len(table.tasks) > 1 else table.tasks:
-                name = f"**{MEAN}**" if task == MEAN else f"{task} ({table.metrics[task]})"
+            for task in [*table.tasks, MEAN] if len(table.tasks) > 1 else list(table.tasks):
+                name = f"**{MEAN}**" if task == MEAN else f"{task} ({table.tasks[task]})"
                 cells = []
                 for dim in dims:
                     score = by_dim[dim].get(task)
-                    share = table.share(task, precision, dim)
+                    share = table.share(task, dim, precision)
                     cells.append(
                         "" if score is None else f"{score:.4f} ({share:.1%})" if share == share else f"{score:.4f}"
                     )
@@ -337,7 +261,7 @@ def _markdown(tables: list[_ModelTable], summary: dict[str, Any], keep: float) -
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, tables: list[_ModelTable]) -> None:
+def _write_csv(path: Path, tables: list[QualityByDim]) -> None:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
@@ -347,13 +271,13 @@ def _write_csv(path: Path, tables: list[_ModelTable]) -> None:
             for precision, by_dim in table.scores.items():
                 for dim, by_task in by_dim.items():
                     for task, score in by_task.items():
-                        share = table.share(task, precision, dim)
+                        share = table.share(task, dim, precision)
                         writer.writerow(
                             [
                                 table.label,
                                 table.revision,
                                 task,
-                                table.metrics.get(task, MEAN),
+                                table.tasks.get(task, MEAN),
                                 dim,
                                 precision,
                                 bytes_per_vector(dim, precision),
@@ -366,7 +290,7 @@ def _write_csv(path: Path, tables: list[_ModelTable]) -> None:
 # --- plots ------------------------------------------------------------------------------------------------------------
 
 
-def _plots(tables: list[_ModelTable], summary: dict[str, Any], output_dir: Path, keep: float) -> list[Path]:
+def _plots(tables: list[QualityByDim], summary: dict[str, Any], output_dir: Path, keep: float) -> list[Path]:
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
@@ -401,7 +325,7 @@ def _plots(tables: list[_ModelTable], summary: dict[str, Any], output_dir: Path,
         ax.xaxis.set_major_locator(FixedLocator(sorted(all_dims)))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(d) for d in sorted(all_dims)])
-        metric = MEAN if panel == MEAN else next(t.metrics[panel] for t in tables if panel in t.metrics)
+        metric = MEAN if panel == MEAN else next(t.tasks[panel] for t in tables if panel in t.tasks)
         ax.set_title(f"{panel} ({metric})" if panel != MEAN else "mean over tasks")
         ax.set_xlabel("embedding dimension (log2)")
         ax.set_ylabel("score")

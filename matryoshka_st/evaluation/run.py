@@ -20,7 +20,6 @@ import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,9 @@ from mteb.results import TaskResult
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from matryoshka_st.dims import default_dims
-from matryoshka_st.evaluation.cache import PRECISIONS, EmbeddingCache, TruncatedEncoder, check_precisions
+from matryoshka_st.dims import default_dims, validate_dims
+from matryoshka_st.evaluation.cache import EmbeddingCache, TruncatedEncoder
+from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
 from matryoshka_st.evaluation.report import Report, render
 from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
 
@@ -245,26 +245,17 @@ def _finished_result(path: Path, task: AbsTask) -> TaskResult | None:
 
 
 def _check_dims(dims: Sequence[int]) -> list[int]:
-    if isinstance(dims, str | bytes) or len(dims) == 0:
-        raise ValueError(f"dims must be a non-empty list of positive integers, e.g. [384, 128, 32], got {dims!r}.")
-    bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, Integral) or d < 1]
-    if bad:
-        raise ValueError(f"dims must be positive integers, got {bad!r} in {list(dims)!r}.")
-    return sorted({int(d) for d in dims}, reverse=True)
+    if not isinstance(dims, str | bytes):
+        dims = list(dict.fromkeys(dims))  # a dim given twice is evaluated once
+    return validate_dims(dims, name="dims")[0]
 
 
 def _dims_for(dims: list[int] | None, full_dim: int) -> list[int]:
     if dims is None:
         return default_dims(full_dim)
-    too_large = [d for d in dims if d > full_dim]
-    if too_large:
-        raise ValueError(
-            f"dims {too_large} exceed the model's embedding dimension {full_dim}: use dims <= {full_dim}, "
-            f"e.g. {default_dims(full_dim)}."
-        )
     if full_dim not in dims:
         logger.info("Adding the full dimension %d to dims %s as the reference score.", full_dim, dims)
-    return sorted({full_dim, *dims}, reverse=True)
+    return validate_dims(sorted({full_dim, *dims}, reverse=True), full_dim, name="dims")[0]
 
 
 def _name_models(models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:

@@ -25,9 +25,7 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,6 +42,8 @@ from mteb.abstasks import (
 )
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
+
+from matryoshka_st.readers import read_beir, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _load_local_task(path: Path, kind: str | None) -> AbsTask:
         return _retrieval_task(path)
     if kind == "retrieval":
         raise ValueError(f"A retrieval task is a BEIR folder, but {str(path)!r} is a file.")
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path, what="Task file")
     kind = kind or _detect_kind(path, rows)
     required = _REQUIRED_COLUMNS[kind]
     if kind == "clustering":
@@ -167,24 +167,6 @@ def _load_local_task(path: Path, kind: str | None) -> AbsTask:
         "classification": _classification_task,
         "clustering": _clustering_task,
     }[kind](path, rows)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON ({error}): one JSON object per line.") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}.")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"Task file {path} is empty.")
-    return rows
 
 
 def _detect_kind(path: Path, rows: list[dict[str, Any]]) -> str:
@@ -249,36 +231,11 @@ class _LocalTaskMixin:
 
 
 def _retrieval_task(folder: Path) -> AbsTask:
-    corpus_path, queries_path, qrels_dir = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels"
-    missing = [str(p) for p in (corpus_path, queries_path, qrels_dir) if not p.exists()]
-    if missing:
-        raise ValueError(
-            f"{folder} is not a BEIR retrieval folder: {missing} not found. Expected corpus.jsonl, queries.jsonl "
-            "and qrels/<split>.tsv."
-        )
-    qrels_files = sorted(qrels_dir.glob("*.tsv"))
-    if not qrels_files:
-        raise ValueError(
-            f"No qrels/<split>.tsv file in {folder}: add e.g. qrels/test.tsv (query-id, corpus-id, score)."
-        )
-    splits = [p.stem for p in qrels_files]
-    if "test" in splits:
-        splits = ["test"]
-    elif len(splits) > 1:
-        splits = [s for s in splits if s != "train"]
-
-    corpus = []
-    for number, row in enumerate(_read_jsonl(corpus_path), start=1):
-        if row.get("_id") is None or row.get("text") is None:
-            raise ValueError(f"{corpus_path}:{number}: a corpus row needs '_id' and 'text', got {row}.")
-        corpus.append({"id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]})
-    queries = []
-    for number, row in enumerate(_read_jsonl(queries_path), start=1):
-        if row.get("_id") is None or row.get("text") is None:
-            raise ValueError(f"{queries_path}:{number}: a query row needs '_id' and 'text', got {row}.")
-        queries.append({"id": str(row["_id"]), "text": row["text"]})
-    corpus_ids, query_ids = {d["id"] for d in corpus}, {q["id"] for q in queries}
-    qrels = {split: _read_qrels(qrels_dir / f"{split}.tsv", query_ids, corpus_ids) for split in splits}
+    beir = read_beir(folder)
+    splits = list(beir.qrels)
+    corpus = [{"id": doc_id, **row} for doc_id, row in beir.corpus.items()]
+    queries = [{"id": query_id, "text": text} for query_id, text in beir.queries.items()]
+    qrels = beir.qrels
 
     def build() -> dict[str, dict[str, RetrievalSplitData]]:
         data = {}
@@ -292,7 +249,7 @@ def _retrieval_task(folder: Path) -> AbsTask:
             )
         return {"default": data}
 
-    revision = _hash_files([corpus_path, queries_path, *qrels_files])
+    revision = _hash_files(beir.files)
     metadata = _metadata(folder.name, folder, revision, "Retrieval", "ndcg_at_10", splits)
     # mteb ranks the top 1000 documents per query for its metrics at k=1000; for a local dev set, k up to 100 says as
     # much and makes scoring each extra dimension several times cheaper
@@ -303,31 +260,6 @@ def _retrieval_task(folder: Path) -> AbsTask:
         k_values=LOCAL_RETRIEVAL_K_VALUES,
         _top_k=max(LOCAL_RETRIEVAL_K_VALUES),
     )
-
-
-def _read_qrels(path: Path, query_ids: set[str], corpus_ids: set[str]) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["query-id", "corpus-id", "score"]:
-            raise ValueError(
-                f"{path} must start with the header line 'query-id<TAB>corpus-id<TAB>score', got {header}."
-            )
-        for number, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(fields) < 3:
-                raise ValueError(f"{path}:{number}: expected query-id, corpus-id and score, got {fields}.")
-            query_id, corpus_id, score = fields[0], fields[1], fields[2]
-            if query_id not in query_ids or corpus_id not in corpus_ids:
-                unknown = query_id if query_id not in query_ids else corpus_id
-                where = "queries.jsonl" if query_id not in query_ids else "corpus.jsonl"
-                raise ValueError(f"{path}:{number}: id {unknown!r} is not in {where}.")
-            qrels.setdefault(query_id, {})[corpus_id] = int(float(score))
-    if not qrels:
-        raise ValueError(f"{path} has no relevance judgements.")
-    return qrels
 
 
 # --- pair tasks ------------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ Example:
 
 from __future__ import annotations
 
-from matryoshka_st.hub.card import CardError, EvalSummary, build_card, load_eval_results
+from matryoshka_st.hub.card import build_card
 from matryoshka_st.hub.push import PushError, PushResult, build_upload_folder, push
+from matryoshka_st.hub.results import CardError, EvalSummary, load_eval_results
 
 __all__ = [
     "CardError",

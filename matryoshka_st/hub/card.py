@@ -16,19 +16,18 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub import ModelCard
 
-from matryoshka_st.evaluation.cache import PRECISIONS, bytes_per_vector
+from matryoshka_st.evaluation.quality import MEAN as _MEAN
+from matryoshka_st.evaluation.quality import PRECISIONS, bytes_per_vector, metric_name
+from matryoshka_st.hub.results import EvalSummary, eval_results
 from matryoshka_st.usage import matryoshka_info
 
 logger = logging.getLogger(__name__)
@@ -39,155 +38,8 @@ SECTION_START = "<!-- matryoshka-st:start -->"
 SECTION_END = "<!-- matryoshka-st:end -->"
 TAGS = ("sentence-transformers", "matryoshka")
 PLACEHOLDER_MODEL_ID = "sentence_transformers_model_id"  # what sentence-transformers writes before a push
-_MEAN = "mean"
 _MAX_TASK_COLUMNS = 4
-# mteb task type -> Hub task id, as mteb maps them (TaskMetadata._hf_task_type)
-_HUB_TASK_TYPES = {
-    "Retrieval": "text-retrieval",
-    "Reranking": "text-ranking",
-    "STS": "sentence-similarity",
-    "Classification": "text-classification",
-    "PairClassification": "text-classification",
-    "Clustering": "text-classification",
-}
-# main score -> (mteb task type, readable name), for local tasks mteb cannot look up by name
-_METRICS = {
-    "ndcg_at_10": ("Retrieval", "nDCG@10"),
-    "cosine_spearman": ("STS", "Spearman (cosine)"),
-    "accuracy": ("Classification", "accuracy"),
-    "max_ap": ("PairClassification", "AP"),
-    "v_measure": ("Clustering", "V-measure"),
-    "map_at_1000": ("Reranking", "MAP@1000"),
-}
-
-
-class CardError(ValueError):
-    """Eval results or card inputs that cannot be used; the message names them and says what to do."""
-
-
-@dataclass
-class EvalSummary:
-    """The scores of one model at every dimension and precision, as :func:`load_eval_results` found them.
-
-    Attributes:
-        label: the model's label in the results (e.g. ``tuned`` or ``out/final``).
-        tasks: task name -> main-score name.
-        full_dim: the largest evaluated dimension, the reference for "% of full".
-        keep: the share of the full-dimension mean score that ``recommended_dim`` keeps.
-        recommended_dim: the smallest dimension keeping ``keep`` of the full-dimension mean score.
-        scores: ``scores[precision][dim][task]``, plus ``"mean"`` over the tasks.
-        others: other models in the same results (e.g. the base model): label -> float32 ``{dim: mean score}``.
-        plot: the quality-against-dimension PNG, or ``None`` without matplotlib.
-    """
-
-    label: str
-    tasks: dict[str, str]
-    full_dim: int
-    keep: float
-    recommended_dim: int
-    scores: dict[str, dict[int, dict[str, float]]]
-    others: dict[str, dict[int, float]] = field(default_factory=dict)
-    plot: Path | None = None
-
-    def share(self, task: str, dim: int, precision: str = "float32") -> float:
-        """``task``'s score at ``dim`` as a share of its float32 full-dimension score (NaN when undefined)."""
-        reference = self.scores["float32"].get(self.full_dim, {}).get(task)
-        score = self.scores.get(precision, {}).get(dim, {}).get(task)
-        if score is None or not reference or reference <= 0:
-            return math.nan
-        return score / reference
-
-
-def load_eval_results(
-    results_paths: Sequence[str | os.PathLike],
-    report_dir: str | os.PathLike,
-    *,
-    model: str | None = None,
-    model_dir: str | os.PathLike | None = None,
-    keep: float = 0.98,
-) -> EvalSummary:
-    """Render the eval report of ``results_paths`` into ``report_dir`` and pick one model's scores from it.
-
-    Args:
-        results_paths: ``matryoshka-st eval`` output folders (or their ``results/`` folders, or mteb result files).
-        report_dir: where :func:`~matryoshka_st.evaluation.report.render` writes its tables and plots.
-        model: the label of the model to describe, when the results hold several (e.g. ``tuned``).
-        model_dir: the model folder being described; with several models in the results and no ``model``, the one
-            whose parameters match it (the eval revision is a hash of the parameters) is picked.
-        keep: the share of the full-dimension mean score the recommended dimension must keep.
-
-    Raises:
-        CardError: when the results hold no scores, or several models and none can be matched.
-    """
-    from matryoshka_st.evaluation.report import render
-
-    for path in results_paths:
-        if not Path(path).exists():
-            raise CardError(
-                f"Results path {str(path)!r} does not exist: pass the --output folder of `matryoshka-st eval`."
-            )
-    try:
-        report = render(list(results_paths), report_dir, keep=keep)
-    except (ValueError, FileNotFoundError) as error:
-        raise CardError(str(error)) from error
-    summary = json.loads(report.summary.read_text(encoding="utf-8"))["models"]
-    label = _pick_model(summary, model, model_dir)
-    chosen = summary[label]
-    scores = {
-        precision: {
-            int(dim): {k: v for k, v in cells.items() if k not in ("bytes_per_vector", "share_of_full")}
-            for dim, cells in by_dim.items()
-        }
-        for precision, by_dim in chosen["scores"].items()
-    }
-    others = {
-        other: {int(dim): cells[_MEAN] for dim, cells in data["scores"]["float32"].items() if _MEAN in cells}
-        for other, data in summary.items()
-        if other != label
-    }
-    plot = next((p for p in report.plots if p.name == "score_vs_dim.png"), None)
-    return EvalSummary(
-        label=label,
-        tasks=dict(chosen["tasks"]),
-        full_dim=int(chosen["full_dim"]),
-        keep=float(chosen["keep"]),
-        recommended_dim=int(chosen["recommended_dim"]),
-        scores=scores,
-        others=others,
-        plot=plot,
-    )
-
-
-def _pick_model(summary: dict[str, Any], model: str | None, model_dir: str | os.PathLike | None) -> str:
-    labels = list(summary)
-    if model is not None:
-        matches = [label for label in labels if model in (label, summary[label]["name"])]
-        if not matches:
-            raise CardError(f"No results for model {model!r} in the eval results; they hold {labels}.")
-        return matches[0]
-    if len(labels) == 1:
-        return labels[0]
-    if model_dir is not None:
-        from sentence_transformers import SentenceTransformer
-
-        from matryoshka_st.evaluation.cache import model_revision
-
-        revision = model_revision(SentenceTransformer(str(model_dir), device="cpu"))
-        matches = [label for label in labels if summary[label]["revision"] == revision]
-        if len(matches) == 1:
-            logger.info("Eval results: describing %s, whose parameters match %s.", matches[0], model_dir)
-            return matches[0]
-    raise CardError(
-        f"The eval results hold several models {labels} and none has the parameters of the model folder: name the "
-        "one to describe with --results-model LABEL (model=LABEL in Python)."
-    )
-
-
 # --- the Markdown section ------------------------------------------------------------------------------------------
-
-
-def _metric_name(metric: str) -> str:
-    return _METRICS.get(metric, (None, metric))[1]
 
 
 def _cell(score: float | None, share: float) -> str:
@@ -199,7 +51,7 @@ def _cell(score: float | None, share: float) -> str:
 def _quality_table(results: EvalSummary) -> tuple[list[str], list[dict[str, Any]], str]:
     tasks = sorted(results.tasks)
     shown = tasks if len(tasks) <= _MAX_TASK_COLUMNS else []
-    columns = [f"{task} {_metric_name(results.tasks[task])}" for task in shown]
+    columns = [f"{task} {metric_name(results.tasks[task])}" for task in shown]
     keys: list[tuple[str, str]] = [(task, "float32") for task in shown]
     if len(tasks) > 1:
         columns.append("mean")
@@ -217,13 +69,11 @@ def _quality_table(results: EvalSummary) -> tuple[list[str], list[dict[str, Any]
         cells = [
             _cell(results.scores.get(p, {}).get(dim, {}).get(task), results.share(task, dim, p)) for task, p in keys
         ]
-        for scores in results.others.values():
-            full = scores.get(max(scores)) if scores else None
-            score = scores.get(dim)
-            cells.append(_cell(score, score / full if score is not None and full and full > 0 else math.nan))
+        for other in results.others.values():
+            cells.append(_cell(other.mean_scores().get(dim), other.share(_MEAN, dim)))
         label = f"**{dim}**" if dim == results.recommended_dim else str(dim)
         rows.append({"dim": label, "cells": cells})
-    task_list = ", ".join(f"`{task}` ({_metric_name(results.tasks[task])})" for task in tasks)
+    task_list = ", ".join(f"`{task}` ({metric_name(results.tasks[task])})" for task in tasks)
     caption = (
         f"mteb main score{'s' if len(tasks) > 1 else ''} on {task_list} at each embedding dimension, with the "
         f"share of the full {results.full_dim}-dimension float32 score in brackets."
@@ -304,6 +154,7 @@ def render_section(
         weights=[f"{w:g}" for w in weights],
         weighted=len(set(weights)) > 1,
         loss=info["loss"],
+        recipe=info["recipe"],
         full_dim=full_dim,
         recommended_dim=recommended,
         recommended_reason=reason,
@@ -321,56 +172,6 @@ def render_section(
         has_metadata=info["matryoshka"],
     )
     return re.sub(r"\n{3,}", "\n\n", section).strip() + "\n"
-
-
-# --- metadata ------------------------------------------------------------------------------------------------------
-
-
-def eval_results(results: EvalSummary) -> list[EvalResult]:
-    """``model-index`` entries: one per task, dimension and precision, the dimension in ``metric_args``.
-
-    Every dimension of a task is one metric of the same dataset entry, named e.g. ``nDCG@10 at 128 dims`` and
-    with ``metric_args: {truncate_dim: 128}`` (plus ``precision`` for int8/binary).
-    """
-    entries = []
-    for task in sorted(results.tasks):
-        metric = results.tasks[task]
-        task_type, dataset_type, dataset_revision = _task_metadata(task, metric)
-        for precision, by_dim in results.scores.items():
-            for dim in sorted(by_dim, reverse=True):
-                score = by_dim[dim].get(task)
-                if score is None:
-                    continue
-                args: dict[str, Any] = {"truncate_dim": dim}
-                name = f"{_metric_name(metric)} at {dim} dims"
-                if precision != "float32":
-                    args["precision"] = precision
-                    name += f" ({precision})"
-                entries.append(
-                    EvalResult(
-                        task_type=_HUB_TASK_TYPES.get(task_type, "feature-extraction"),
-                        task_name=task_type,
-                        dataset_type=dataset_type,
-                        dataset_name=task,
-                        dataset_revision=dataset_revision,
-                        metric_type=metric,
-                        metric_value=round(float(score), 6),
-                        metric_name=name,
-                        metric_args=args,
-                    )
-                )
-    return entries
-
-
-def _task_metadata(task: str, metric: str) -> tuple[str, str, str | None]:
-    """(mteb task type, dataset id, dataset revision): from mteb for its tasks, from the metric for local ones."""
-    import mteb
-
-    try:
-        metadata = mteb.get_task(task).metadata
-    except Exception:  # a local task, unknown to mteb's registry
-        return _METRICS.get(metric, ("Retrieval", metric))[0], task, None
-    return metadata.type, metadata.dataset["path"], metadata.dataset.get("revision")
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
@@ -509,12 +310,4 @@ def _generated_card(model_dir: Path, repo_id: str | None) -> str:
     return generate_model_card(model)
 
 
-__all__ = [
-    "PLOT_NAME",
-    "CardError",
-    "EvalSummary",
-    "build_card",
-    "eval_results",
-    "load_eval_results",
-    "render_section",
-]
+__all__ = ["PLOT_NAME", "build_card", "render_section"]

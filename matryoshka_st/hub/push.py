@@ -21,7 +21,8 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from matryoshka_st.hub.card import PLOT_NAME, build_card, load_eval_results
+from matryoshka_st.hub.card import PLOT_NAME, build_card
+from matryoshka_st.hub.results import load_eval_results
 from matryoshka_st.usage import matryoshka_info
 
 logger = logging.getLogger(__name__)

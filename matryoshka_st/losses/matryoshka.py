@@ -1,10 +1,7 @@
 """The Matryoshka loss adapter: one encoder pass, the inner loss re-applied at every nested dimension.
 
-Written here rather than reused from sentence-transformers because its ``MatryoshkaLoss`` patches
-``model.forward`` on every step, crashes on losses with a learned head, only truncates (does not renormalise)
-distillation targets, refuses models that have ``truncate_dim`` set, and reports one opaque sum. This adapter
-computes the embeddings once and hands truncated copies to ``compute_loss_from_embeddings``, gives learned heads a
-head per dimension, and returns the per-dimension losses as components that the trainer logs.
+What it adds to sentence-transformers' ``MatryoshkaLoss`` (heads per dimension, renormalised distillation targets,
+models with ``truncate_dim``, per-dimension loss components) is listed in docs/train.md.
 """
 
 from __future__ import annotations
@@ -20,42 +17,21 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.gradcache import uses_gradient_cache
 from sentence_transformers.base.losses.merged_forward import embed_columns
-from sentence_transformers.sentence_transformer import losses as st_losses
 from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
 from matryoshka_st.losses.distill import similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
+from matryoshka_st.losses.paths import computes_from_embeddings
 
 logger = logging.getLogger(__name__)
 
 
 _MISSING = object()
 
-# Losses whose forward is exactly "embed every column, then compute_loss_from_embeddings(embeddings, labels)": for
-# these the embeddings can be computed once and handed over truncated. Other losses, including subclasses that
-# override forward and EmbedDistillLoss/MSELoss (whose forward reshapes the labels first), take the replay path.
-_EMBEDDING_LOSSES = (
-    st_losses.AnglELoss,
-    st_losses.BatchAllTripletLoss,
-    st_losses.BatchHardSoftMarginTripletLoss,
-    st_losses.BatchHardTripletLoss,
-    st_losses.BatchSemiHardTripletLoss,
-    st_losses.CoSENTLoss,
-    st_losses.ContrastiveLoss,
-    st_losses.CosineSimilarityLoss,
-    st_losses.DistillKLDivLoss,
-    st_losses.MarginMSELoss,
-    st_losses.MultipleNegativesRankingLoss,
-    st_losses.MultipleNegativesSymmetricRankingLoss,
-    st_losses.OnlineContrastiveLoss,
-    st_losses.TripletLoss,
-)
-
 
 def _computes_from_embeddings(loss: nn.Module) -> bool:
-    forward = type(loss).forward
-    return any(forward is cls.forward for cls in _EMBEDDING_LOSSES)
+    return computes_from_embeddings(type(loss))
 
 
 @contextmanager
@@ -71,6 +47,26 @@ def _patched(obj: Any, name: str, value: Any):
             delattr(obj, name)
         else:
             setattr(obj, name, previous)
+
+
+def check_recipe_arguments(
+    distill_weight: float = 0.0, distill_temperature: float = 1.0, full_dim_share: float | None = None
+) -> None:
+    """``ValueError`` unless ``distill_weight >= 0``, ``distill_temperature > 0`` (both finite numbers) and
+    ``full_dim_share`` is ``None`` or in ``(0, 1)``. The checks of :class:`MatryoshkaLoss`, also run by
+    :class:`matryoshka_st.recipes.Recipe` so that a training run fails before it loads anything."""
+    for name, value in (("distill_weight", distill_weight), ("distill_temperature", distill_temperature)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if distill_weight < 0:
+        raise ValueError(f"distill_weight must be >= 0 (0 turns self-distillation off), got {distill_weight}.")
+    if distill_temperature <= 0:
+        raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}.")
+    if full_dim_share is not None:
+        if isinstance(full_dim_share, bool) or not isinstance(full_dim_share, (int, float)):
+            raise ValueError(f"full_dim_share must be a number in (0, 1) or None, got {full_dim_share!r}.")
+        if not 0 < full_dim_share < 1:
+            raise ValueError(f"full_dim_share must be in (0, 1) (a share of the total weight), got {full_dim_share}.")
 
 
 def _share_full(dims: list[int], weights: list[float], share: float) -> list[float]:
@@ -220,20 +216,8 @@ class MatryoshkaLoss(nn.Module):
             )
         if head_mode not in HEAD_MODES:
             raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {head_mode!r}.")
-        for name, value in (("distill_weight", distill_weight), ("distill_temperature", distill_temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
-        if distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0 (0 turns self-distillation off), got {distill_weight}.")
-        if distill_temperature <= 0:
-            raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}.")
+        check_recipe_arguments(distill_weight, distill_temperature, full_dim_share)
         if full_dim_share is not None:
-            if isinstance(full_dim_share, bool) or not isinstance(full_dim_share, (int, float)):
-                raise ValueError(f"full_dim_share must be a number in (0, 1) or None, got {full_dim_share!r}.")
-            if not 0 < full_dim_share < 1:
-                raise ValueError(
-                    f"full_dim_share must be in (0, 1) (a share of the total weight), got {full_dim_share}."
-                )
             if full_dim not in self.matryoshka_dims or len(self.matryoshka_dims) < 2:
                 raise ValueError(
                     f"full_dim_share needs the full dimension {full_dim} and at least one smaller dim in "
@@ -449,38 +433,3 @@ class MatryoshkaLoss(nn.Module):
     primaryClass={cs.LG}
 }
 """
-
-
-def Matryoshka2dLoss(  # noqa: N802 - mirrors sentence_transformers.losses.Matryoshka2dLoss, a class there
-    model: SentenceTransformer,
-    loss: nn.Module,
-    matryoshka_dims: Sequence[int] | None = None,
-    matryoshka_weights: Sequence[float] | None = None,
-    n_layers_per_step: int = 1,
-    n_dims_per_step: int = 1,
-    last_layer_weight: float = 1.0,
-    prior_layers_weight: float = 1.0,
-    kl_div_weight: float = 1.0,
-    kl_temperature: float = 0.3,
-) -> nn.Module:
-    """2D Matryoshka (layers x dims): sentence-transformers' ``AdaptiveLayerLoss`` around this ``MatryoshkaLoss``.
-
-    Example:
-        ::
-
-            loss = Matryoshka2dLoss(model, losses.MultipleNegativesRankingLoss(model), [384, 128, 32])
-    """
-    from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss
-
-    inner = MatryoshkaLoss(
-        model, loss, matryoshka_dims, matryoshka_weights, n_dims_per_step=n_dims_per_step, log_per_dim=False
-    )
-    return AdaptiveLayerLoss(
-        model,
-        inner,
-        n_layers_per_step=n_layers_per_step,
-        last_layer_weight=last_layer_weight,
-        prior_layers_weight=prior_layers_weight,
-        kl_div_weight=kl_div_weight,
-        kl_temperature=kl_temperature,
-    )

@@ -78,8 +78,7 @@ class AdaptorConfig:
         scale: inverse temperature of the ranking loss (sentence-transformers' MNRL default, 20).
         max_seconds: stop early after this many seconds of wall time (``None``: run all ``steps``).
         num_threads: torch CPU threads while fitting (restored afterwards; ``None``: leave torch's setting). One
-            thread is the default because each step is many small operations: on a busy machine, extra threads
-            mostly wait for each other (measured 14x slower with 2 threads than with 1 on a loaded 2-core box).
+            thread is the default because each step is many small operations that extra threads mostly wait on.
         seed: seeds initialisation and sampling.
         show_progress_bar: tqdm bar over the steps.
     """

@@ -33,7 +33,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Normalize
 from torch import nn
 
-from matryoshka_st.dims import full_embedding_dim
+from matryoshka_st.dims import at_full_size, full_embedding_dim
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +130,10 @@ def encode_full(
         raise ValueError("texts must be a list of strings.")
     if len(texts) == 0:
         raise ValueError("texts is empty: pass the texts (a few thousand of the target domain) to fit on.")
-    truncate_dim = model.truncate_dim
-    try:
-        model.truncate_dim = None
+    with at_full_size(model):
         embeddings = model.encode(
             list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True
         )
-    finally:
-        model.truncate_dim = truncate_dim
     return np.asarray(embeddings, dtype=np.float32)
 
 
@@ -150,6 +146,20 @@ def insert_before_normalize(model: SentenceTransformer, modules: Sequence[nn.Mod
     return index
 
 
+def _last_rotation(model: SentenceTransformer) -> Dense | None:
+    """The square, bias-free, identity-activation ``Dense`` right before the final ``Normalize`` (or last), if any."""
+    index = len(model) - 2 if isinstance(model[-1], Normalize) else len(model) - 1
+    module = model[index] if index >= 0 else None
+    if (
+        isinstance(module, Dense)
+        and module.linear.bias is None
+        and isinstance(module.activation_function, nn.Identity)
+        and module.linear.in_features == module.linear.out_features
+    ):
+        return module
+    return None
+
+
 def add_pca_rotation(
     model: SentenceTransformer,
     texts: Sequence[str] | None = None,
@@ -157,6 +167,7 @@ def add_pca_rotation(
     center: bool = True,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
+    fold: bool = False,
 ) -> SentenceTransformer:
     """Fit a PCA rotation on the model's embeddings of ``texts`` (or on ``embeddings`` it produced) and add it to
     the model, in place, as a ``Dense`` module before the final ``Normalize`` (or last, without one).
@@ -171,6 +182,9 @@ def add_pca_rotation(
         center: see :func:`fit_pca_rotation`.
         batch_size: encoding batch size.
         show_progress_bar: show a tqdm bar while encoding (``None``: sentence-transformers' default).
+        fold: if the model already ends with a rotation (a square, bias-free, identity-activation ``Dense`` before
+            its ``Normalize``, e.g. from an earlier call), compose the new rotation into it instead of adding a
+            second module.
 
     Returns:
         The same model, with the rotation inserted.
@@ -186,6 +200,15 @@ def add_pca_rotation(
         embeddings = encode_full(model, texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
     embeddings = check_embeddings(embeddings, dim=dim)
     rotation = fit_pca_rotation(embeddings, center=center)
+    existing = _last_rotation(model) if fold else None
+    if existing is not None:
+        weight = existing.linear.weight
+        with torch.no_grad():
+            weight.copy_(torch.as_tensor(rotation, dtype=weight.dtype, device=weight.device) @ weight)
+        logger.info(
+            "Composed a %d x %d PCA rotation into the existing one (%d embeddings).", dim, dim, len(embeddings)
+        )
+        return model
     index = insert_before_normalize(model, [rotation_module(rotation).to(model.device)])
     logger.info("Added a %d x %d PCA rotation fitted on %d embeddings as module %d.", dim, dim, len(embeddings), index)
     return model

@@ -11,8 +11,9 @@ from matryoshka_st.training.arguments import (
     TrainingArguments,
     parse_config,
 )
+from matryoshka_st.training.callbacks import NonFiniteLossError
 from matryoshka_st.training.data import DataError
-from matryoshka_st.training.run import NonFiniteLossError, TrainResult, run, train
+from matryoshka_st.training.run import TrainResult, run, train
 
 __all__ = [
     "ConfigError",

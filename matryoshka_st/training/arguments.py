@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 import yaml
@@ -22,6 +22,8 @@ from sentence_transformers import SentenceTransformerTrainingArguments
 from transformers import HfArgumentParser
 
 from matryoshka_st._bundled import SAMPLE_DEV_RETRIEVAL, SAMPLE_PAIRS
+from matryoshka_st.dims import validate_dims
+from matryoshka_st.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 
 DEFAULT_JOB_OUTPUT_DIR = os.path.join("output", "matryoshka-minilm")
 
@@ -123,11 +125,37 @@ class MatryoshkaArguments:
         default="separate",
         metadata={"help": "For losses with a classifier head: a head per dim (MRL) or one sliced head (MRL-E)."},
     )
-    init: Literal["none", "pca"] = field(
-        default="none",
+    recipe: str = field(
+        default=DEFAULT_RECIPE,
+        metadata={
+            "help": f"The training recipe (matryoshka_st.recipes): one of {sorted(RECIPES)}. Default "
+            f"{DEFAULT_RECIPE!r}: PCA start, full dim at 0.4 of the loss weight, self-distillation from the full "
+            "dim, PCA rotation after training. 'reference' trains exactly as sentence-transformers' MatryoshkaLoss."
+        },
+    )
+    init: Optional[Literal["none", "pca"]] = field(  # noqa: UP045 - HfArgumentParser needs typing.Optional here
+        default=None,
         metadata={
             "help": "Start from a PCA-rotated model (matryoshka_st.posthoc.add_pca_rotation) fitted on embeddings of "
-            "the training texts: coordinates ordered by variance, full-dim similarities unchanged."
+            "the training texts: coordinates ordered by variance, full-dim similarities unchanged. Default: the "
+            "recipe's."
+        },
+    )
+    distill_weight: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "Self-distillation weight lambda (0 turns it off). Default: the recipe's."},
+    )
+    distill_temperature: Optional[float] = field(  # noqa: UP045
+        default=None, metadata={"help": "Self-distillation temperature tau. Default: the recipe's."}
+    )
+    full_dim_share: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "The full dim's share of the total loss weight, in (0, 1). Default: the recipe's."},
+    )
+    pca_after: Optional[bool] = field(  # noqa: UP045
+        default=None,
+        metadata={
+            "help": "Rotate the trained model by PCA on the training texts before saving. Default: the recipe's."
         },
     )
     init_texts: int = field(
@@ -154,6 +182,35 @@ class MatryoshkaArguments:
     evaluate_before_training: bool = field(
         default=True, metadata={"help": "Evaluate the base model at every dim before training, for comparison."}
     )
+
+    def resolved_recipe(self) -> Recipe:
+        """The recipe named by ``recipe`` with the explicitly set fields (``init``, ``distill_weight``, ...)
+        replacing its own."""
+        return get_recipe(self.recipe).with_overrides(
+            init=self.init,
+            distill_weight=self.distill_weight,
+            distill_temperature=self.distill_temperature,
+            full_dim_share=self.full_dim_share,
+            pca_after=self.pca_after,
+        )
+
+    def __post_init__(self) -> None:
+        # dims against the model, n_dims_per_step and head_mode are checked by MatryoshkaLoss, their authority
+        if self.matryoshka_dims is not None:
+            try:
+                validate_dims(self.matryoshka_dims, None, self.matryoshka_weights)
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
+        elif self.matryoshka_weights is not None:
+            raise ConfigError("--matryoshka_weights needs --matryoshka_dims: give one weight per dim.")
+        try:
+            self.resolved_recipe()
+        except ValueError as error:
+            raise ConfigError(f"--{str(error)}" if not str(error).startswith("Unknown") else str(error)) from error
+        if self.init_texts < 2:
+            raise ConfigError(f"--init_texts must be at least 2, got {self.init_texts}.")
+        if not 0 < self.recommend_threshold <= 1:
+            raise ConfigError(f"recommend_threshold must be in (0, 1], got {self.recommend_threshold}.")
 
 
 @dataclass
@@ -183,6 +240,21 @@ class TrainConfig:
     explicit: frozenset[str] = frozenset()  # the keys set by a file, by flags or by the default job
     default_job: bool = False  # no training data was given: the bundled model on the shipped sample
 
+    def __post_init__(self) -> None:
+        training = self.training
+        if self.matryoshka.best_model_dim is None:
+            return
+        if training.eval_strategy == "no":
+            raise ConfigError(
+                "--best_model_dim needs evaluation during training: set --eval_strategy steps (or epoch)."
+            )
+        if training.save_strategy != training.eval_strategy or (
+            training.eval_strategy == "steps" and training.save_steps % training.eval_steps
+        ):
+            raise ConfigError(
+                "--best_model_dim needs save_strategy == eval_strategy and save_steps a multiple of eval_steps."
+            )
+
 
 def build_parser(**kwargs: Any) -> HfArgumentParser:
     """The ``HfArgumentParser`` of all four argument groups (``kwargs`` go to ``argparse.ArgumentParser``)."""
@@ -194,7 +266,8 @@ def field_names() -> set[str]:
 
 
 def default_job_settings() -> dict[str, Any]:
-    """The embedded default job: all-MiniLM-L6-v2 on the shipped pairs, a few minutes on two CPU cores.
+    """The embedded default job: all-MiniLM-L6-v2 on the shipped pairs (written out in
+    ``examples/configs/minilm_default.yaml``).
 
     It writes to ``output/matryoshka-minilm`` and may replace what an earlier default job left there (the job
     is deterministic); an explicit ``output_dir`` is protected as usual.
@@ -254,7 +327,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def _launched_processes() -> int:
+def launched_processes() -> int:
     """The number of processes torchrun / accelerate launch started (1 for a plain run)."""
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
@@ -292,11 +365,13 @@ def parse_config(
         model = merged.get("model_name_or_path")
         name = os.path.basename(os.path.normpath(model)) if model else "all-MiniLM-L6-v2"
         merged["output_dir"] = os.path.join("output", f"{name}-matryoshka")
-    if _launched_processes() > 1 and not torch.cuda.is_available() and "use_cpu" not in merged:
+    if launched_processes() > 1 and not torch.cuda.is_available() and "use_cpu" not in merged:
         # Without use_cpu, accelerate treats torchrun processes on a machine without GPUs as independent runs.
         merged["use_cpu"] = True
     try:
         values = build_parser().parse_dict(merged)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"Invalid training arguments: {error}") from error
     model, data, matryoshka, training = values

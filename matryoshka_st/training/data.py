@@ -19,7 +19,6 @@ text, label (int or str)                           BatchAllTripletLoss (batches 
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import logging
@@ -90,6 +89,11 @@ LOSS_REQUIREMENTS: dict[str, LossRequirement] = {
         )
     },
 }
+
+
+# losses that score each row against the other rows of its batch, and losses that need same-label rows in a batch
+IN_BATCH_LOSSES = {n for n, r in LOSS_REQUIREMENTS.items() if r.min_texts == 2 and r.max_texts is None}
+GROUPED_LOSSES = {n for n, r in LOSS_REQUIREMENTS.items() if r.min_texts == 1}
 
 
 @dataclass
@@ -199,7 +203,9 @@ def load_data(spec: str, split: str = "train", config_name: str | None = None) -
         try:
             dataset = load_dataset(spec, config_name, split=split)
         except Exception as error:
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            from huggingface_hub import constants
+
+            offline = constants.HF_HUB_OFFLINE
             hint = " HF_HUB_OFFLINE is set: only datasets already in the local cache can be loaded." if offline else ""
             raise DataError(
                 f"Cannot load {spec!r} (split {split!r}) as a local path or a Hugging Face Hub dataset: "
@@ -393,61 +399,3 @@ def split_eval(dataset: Dataset, eval_size: float, seed: int) -> tuple[Dataset, 
         raise DataError(f"eval_size {eval_size} leaves no training rows out of {len(dataset)}.")
     parts = dataset.train_test_split(test_size=size, seed=seed)
     return parts["train"], parts["test"]
-
-
-# -- evaluation sets ---------------------------------------------------------------------------------------------
-@dataclass
-class RetrievalSet:
-    name: str
-    queries: dict[str, str]
-    corpus: dict[str, str]
-    relevant: dict[str, set[str]]
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{str(path)!r} line {number} is not valid JSON: {error}.") from error
-    return rows
-
-
-def load_retrieval_set(folder: str | os.PathLike, name: str | None = None) -> RetrievalSet:
-    """Read a BEIR-layout folder: ``corpus.jsonl``, ``queries.jsonl`` (``_id``, ``text``) and ``qrels/test.tsv``."""
-    folder = Path(folder)
-    needed = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"]
-    missing = [str(p) for p in needed if not p.is_file()]
-    if missing:
-        raise DataError(f"Retrieval set {str(folder)!r} is missing {missing} (BEIR layout expected).")
-    corpus = {}
-    for row in _read_jsonl(needed[0]):
-        title = row.get("title") or ""
-        corpus[str(row["_id"])] = f"{title} {row['text']}".strip() if title else row["text"]
-    queries = {str(row["_id"]): row["text"] for row in _read_jsonl(needed[1])}
-    relevant: dict[str, set[str]] = {}
-    with open(needed[2], encoding="utf-8") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            if float(row.get("score", 1) or 0) > 0:
-                relevant.setdefault(str(row["query-id"]), set()).add(str(row["corpus-id"]))
-    relevant = {q: docs for q, docs in relevant.items() if q in queries}
-    if not relevant or not corpus:
-        raise DataError(f"Retrieval set {str(folder)!r} has no queries with relevant documents.")
-    return RetrievalSet(name or folder.name, queries, corpus, relevant)
-
-
-def retrieval_set_from_pairs(dataset: Dataset, spec: LossSpec, name: str = "eval") -> RetrievalSet:
-    """Anchors as queries, positives (and negatives) as the corpus: each anchor's positive is its relevant doc."""
-    queries, corpus, relevant, ids = {}, {}, {}, {}
-    for i, row in enumerate(dataset):
-        queries[f"q{i}"] = row[spec.text_columns[0]]
-        for column in spec.text_columns[1:]:
-            text = row[column]
-            if text not in ids:
-                ids[text] = f"d{len(ids)}"
-                corpus[ids[text]] = text
-        relevant[f"q{i}"] = {ids[row[spec.text_columns[1]]]}
-    return RetrievalSet(name, queries, corpus, relevant)

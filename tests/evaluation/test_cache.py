@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from matryoshka_st.dims import truncate_numpy
 from matryoshka_st.evaluation import evaluate
-from matryoshka_st.evaluation.cache import EmbeddingCache, bytes_per_vector, check_precisions
+from matryoshka_st.evaluation.cache import EmbeddingCache
+from matryoshka_st.evaluation.quality import bytes_per_vector, check_precisions
 from matryoshka_st.evaluation.tasks import load_task
 
 from .conftest import DOCS, QUERIES

@@ -76,7 +76,8 @@ This is a \[sentence-transformers\]\(https://www.SBERT.net\) model finetuned fro
 
 This model was trained with \[Matryoshka Representation Learning\]\(https://arxiv.org/abs/2205.13147\)
 \(`MatryoshkaLoss` around `MultipleNegativesRankingLoss`\) at 2 nested dimensions:
-\*\*64\*\*, \*\*32\*\*.
+\*\*64\*\*, \*\*32\*\* \(loss weights 0\.8, 1\.2\).
+Training recipe `pca-share-kl`: a PCA start, the full dim at 40% of the loss weight, self-distillation from the full dim to every prefix \(lambda 1, tau 1\), and a PCA rotation after training \(PCA start: yes, self-distillation weight 1\.0, temperature 1\.0, full-dim share 0\.4, PCA rotation after training: yes\)\.
 The first `d` values of each 64-dimensional embedding are themselves an embedding: cut them to a
 smaller size for a faster search and a smaller index, at a small cost in quality.
 
@@ -177,7 +178,8 @@ The trained dimensions and the recommended one are recorded in `matryoshka_confi
 SentenceTransformer\(
   \(0\): Transformer\(.+\)
   \(1\): Pooling\(\{'embedding_dimension': 64, 'pooling_mode': 'mean', 'include_prompt': True\}\)
-  \(2\): Normalize\(.+\)
+  \(2\): Dense\(\{'in_features': 64, 'out_features': 64, 'bias': False, .+\}\)
+  \(3\): Normalize\(.+\)
 \)
 ```
 

@@ -3,9 +3,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import huggingface_hub
 import pytest
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, RepoUrl
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 
 from matryoshka_st.hub import PushError, push
 from matryoshka_st.hub.card import PLOT_NAME
@@ -14,7 +13,9 @@ from matryoshka_st.hub.push import DEFAULT_COMMIT_MESSAGE
 TOKEN = "hf_testTOKENthatMustNeverBeWritten0123"
 MODEL_FILES = [
     "1_Pooling/config.json",
-    "2_Normalize/config.json",
+    "2_Dense/config.json",  # the default recipe's PCA rotation
+    "2_Dense/model.safetensors",
+    "3_Normalize/config.json",
     "config.json",
     "config_sentence_transformers.json",
     "matryoshka_config.json",
@@ -27,18 +28,14 @@ MODEL_FILES = [
 
 
 class FakeHub:
-    """Stands in for the Hub behind ``HfApi``: records what create_repo / create_branch / create_commit would send.
-
-    upload_folder itself runs for real; with hf_xet disabled it posts README.md to the metadata validator and ends
-    in one ``create_commit`` whose operations are the files and their bytes, exactly what the commit would carry.
-    """
+    """Stands in for the Hub behind ``HfApi``'s public methods that ``push`` calls: records what create_repo,
+    create_branch and upload_folder would send, and the bytes of every file in the uploaded folder."""
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[str, dict]] = []
         self.tokens: list[str | None] = []
         self.files: dict[str, bytes] = {}
         hub = self
-        monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
 
         def create_repo(api, repo_id, **kwargs):
             hub.tokens.append(api.token)
@@ -48,12 +45,12 @@ class FakeHub:
         def create_branch(api, repo_id, **kwargs):
             hub.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
 
-        def create_commit(api, repo_id, operations, **kwargs):
+        def upload_folder(api, *, repo_id, folder_path, **kwargs):
             hub.tokens.append(api.token)
-            hub.calls.append(("create_commit", {"repo_id": repo_id, **kwargs}))
-            for op in operations:
-                assert isinstance(op, CommitOperationAdd)
-                hub.files[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
+            hub.calls.append(("upload_folder", {"repo_id": repo_id, **kwargs}))
+            for path in Path(folder_path).rglob("*"):
+                if path.is_file():
+                    hub.files[path.relative_to(folder_path).as_posix()] = path.read_bytes()
             return CommitInfo(
                 commit_url=f"https://huggingface.co/{repo_id}/commit/abc123",
                 commit_message=kwargs["commit_message"],
@@ -61,13 +58,9 @@ class FakeHub:
                 oid="abc123",
             )
 
-        def validate_yaml(api, content, **kwargs):  # upload_folder posts README.md to /api/validate-yaml
-            hub.calls.append(("validate_yaml", {"content": content, **kwargs}))
-
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
-        monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
         monkeypatch.setattr(HfApi, "create_branch", create_branch)
-        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
@@ -121,16 +114,16 @@ def test_push_sends_repo_files_and_commit_message(trained_model_dir, eval_dir, t
         license="apache-2.0",
     )
 
-    assert hub.names() == ["create_repo", "create_branch", "validate_yaml", "create_commit"]
-    (_, repo), (_, branch), (_, validated), (_, commit) = hub.calls
+    assert hub.names() == ["create_repo", "create_branch", "upload_folder"]
+    (_, repo), (_, branch), (_, commit) = hub.calls
     assert repo == {"repo_id": "you/tiny-matryoshka", "private": True, "exist_ok": True, "repo_type": "model"}
     assert branch["repo_id"] == "you/tiny-matryoshka" and branch["branch"] == "v1"
     assert commit["repo_id"] == "you/tiny-matryoshka"
     assert commit["commit_message"] == "First Matryoshka release"
-    assert commit["revision"] == "v1"
+    assert commit["revision"] == "v1" and commit["repo_type"] == "model"
     assert sorted(hub.files) == result.files == sorted([*MODEL_FILES, "README.md", PLOT_NAME])
     readme = hub.files["README.md"].decode()
-    assert validated["content"] == readme
+    assert ModelCard(readme).data.license == "apache-2.0"  # the front matter parses as Hub metadata
     assert 'SentenceTransformer("you/tiny-matryoshka", truncate_dim=' in readme and "license: apache-2.0" in readme
     assert result.url == "https://huggingface.co/you/tiny-matryoshka/commit/abc123" and not result.dry_run
 
@@ -144,9 +137,9 @@ def test_push_sends_repo_files_and_commit_message(trained_model_dir, eval_dir, t
 
 def test_default_commit_message_and_explicit_token(trained_model_dir, hub, no_token):
     push(trained_model_dir, "you/tiny", token=TOKEN)
-    assert hub.names() == ["create_repo", "validate_yaml", "create_commit"]  # no branch without --revision
-    assert hub.calls[2][1]["commit_message"] == DEFAULT_COMMIT_MESSAGE
-    assert hub.calls[2][1]["revision"] is None
+    assert hub.names() == ["create_repo", "upload_folder"]  # no branch without --revision
+    assert hub.calls[1][1]["commit_message"] == DEFAULT_COMMIT_MESSAGE
+    assert hub.calls[1][1]["revision"] is None
     assert hub.calls[0][1]["private"] is False
 
 

@@ -130,3 +130,23 @@ def test_rotation_module_is_exact():
     x = torch.randn(5, 32)
     out = rotation_module(rotation)({"sentence_embedding": x})["sentence_embedding"]
     torch.testing.assert_close(out, x @ torch.from_numpy(rotation).T)
+
+
+def test_fold_composes_into_the_existing_rotation(tiny_model):
+    import numpy as np
+    from sentence_transformers.base.modules import Dense
+
+    from matryoshka_st.posthoc import add_pca_rotation
+
+    texts = [f"text number {i} about {word}" for i, word in enumerate(["cats", "dogs", "stocks", "rain"] * 30)]
+    before = tiny_model.encode(texts[:8], convert_to_numpy=True)
+    add_pca_rotation(tiny_model, texts=texts)
+    add_pca_rotation(tiny_model, texts=texts, fold=True)
+    assert sum(isinstance(m, Dense) for m in tiny_model) == 1
+    weight = tiny_model[len(tiny_model) - 2].linear.weight.detach().numpy()
+    np.testing.assert_allclose(weight @ weight.T, np.eye(weight.shape[0]), atol=1e-4)  # still orthogonal
+    after = tiny_model.encode(texts[:8], convert_to_numpy=True)
+    np.testing.assert_allclose(after @ after.T, before @ before.T, atol=1e-4)  # full-dim cosines unchanged
+    # the composed rotation equals the two applied one after the other: variance still sorted
+    variances = tiny_model.encode(texts, convert_to_numpy=True).var(axis=0)
+    assert np.all(np.diff(variances[:8]) <= 1e-6)

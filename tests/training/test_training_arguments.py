@@ -77,3 +77,18 @@ def test_presets_parse(preset):
     config = parse_config({"bf16": False}, preset)  # bf16 needs a GPU; everything else must parse anywhere
     assert config.training.output_dir.startswith("output/")
     assert not config.default_job
+
+
+def test_default_job_preset_matches_the_embedded_default_job():
+    """examples/configs/minilm_default.yaml writes out default_job_settings(): they must not drift apart."""
+    from matryoshka_st.training.arguments import default_job_settings
+
+    preset = load_config_file(Path(__file__).resolve().parents[2] / "examples/configs/minilm_default.yaml")
+    embedded = default_job_settings()
+    # where each writes, and whether it may replace an earlier run, differ on purpose; paths are relative in the file
+    differ = {"output_dir", "overwrite_output_dir", "dataloader_pin_memory", "train_data", "eval_retrieval"}
+    shared = {key: value for key, value in embedded.items() if key not in differ}
+    assert {key: preset.get(key) for key in shared} == shared
+    assert set(preset) - set(embedded) == {"matryoshka_dims"}
+    assert Path(embedded["train_data"]).name == Path(preset["train_data"]).name
+    assert Path(embedded["eval_retrieval"]).name == Path(preset["eval_retrieval"]).name

@@ -8,13 +8,12 @@ from matryoshka_st.training.data import (
     DataError,
     infer_loss_spec,
     load_data,
-    load_retrieval_set,
     parse_mapping,
     prepare_dataset,
     rename_columns,
-    retrieval_set_from_pairs,
     split_eval,
 )
+from matryoshka_st.training.evaluators import load_retrieval_set, retrieval_set_from_pairs
 from tests.training._helpers import pair_rows, scored_rows, write_jsonl
 
 

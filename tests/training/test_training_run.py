@@ -12,8 +12,8 @@ from transformers import TrainerCallback
 
 from matryoshka_st.metadata import MATRYOSHKA_CONFIG_NAME, read_matryoshka_config
 from matryoshka_st.training import NonFiniteLossError, parse_config, run
-from matryoshka_st.training.data import RetrievalSet
-from matryoshka_st.training.run import EncodeOnceEvaluator, _retrieval_evaluators, save_atomically
+from matryoshka_st.training.checkpoints import save_atomically
+from matryoshka_st.training.evaluators import EncodeOnceEvaluator, RetrievalSet, _retrieval_evaluators
 from tests.training._helpers import scored_rows, write_jsonl
 
 FAST = {"per_device_train_batch_size": 8, "logging_steps": 1, "report_to": "none", "seed": 1}
@@ -38,7 +38,11 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
         best_model_dim=32,
         learning_rate=1e-3,
     )
+    sampler_before = config.training.batch_sampler
     result = run(config)
+    # the run decides the best-model metric and the batch sampler on its own copy of the arguments
+    assert config.training.metric_for_best_model is None and not config.training.load_best_model_at_end
+    assert config.training.batch_sampler == sampler_before
 
     assert result.dims == [64, 32]
     assert result.model_path == str(output_dir / "final")
@@ -48,7 +52,9 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
 
     metadata = read_matryoshka_config(result.model_path)
     assert metadata.matryoshka_dims == [64, 32]
-    assert metadata.matryoshka_weights == [1.0, 1.0]
+    # the default recipe: the full dim carries 0.4 of the total weight, PCA rotations before and after training
+    assert metadata.matryoshka_weights == pytest.approx([0.8, 1.2])
+    assert metadata.recipe["name"] == "pca-share-kl" and metadata.recipe["pca_after"] is True
     assert metadata.loss == "MultipleNegativesRankingLoss"
     assert metadata.recommended_truncate_dim == result.recommended_truncate_dim in (64, 32)
     assert metadata.recommendation["metric"] == "heldout_dim_{dim}_cosine_ndcg@10"
@@ -60,7 +66,8 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
     # per-dim loss components and per-dim evaluation are logged; the best checkpoint is chosen by the dim-32 metric
     history = json.load(open(output_dir / "checkpoint-4" / "trainer_state.json"))
     logged = set().union(*(entry.keys() for entry in history["log_history"]))
-    assert {"loss_dim_64", "loss_dim_32", "eval_loss_dim_32", "eval_heldout_dim_32_cosine_ndcg@10"} <= logged
+    assert {"loss_dim_64", "loss_dim_32", "distill_dim_32", "eval_loss_dim_32"} <= logged
+    assert "eval_heldout_dim_32_cosine_ndcg@10" in logged
     assert history["best_model_checkpoint"] is not None
     assert not [name for name in os.listdir(output_dir) if name.startswith(".")]  # no temporary folders left
 

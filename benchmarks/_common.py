@@ -1,0 +1,87 @@
+"""Helpers the benchmark scripts share: the dev sets through the project's reader, and per-query nDCG@10 scored by
+pytrec_eval, the evaluator mteb uses (a numpy version of the same formula stands in when pytrec_eval is missing).
+
+The scripts import it as ``from _common import ...``: Python puts a script's own folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from matryoshka_st.dims import truncate_numpy
+from matryoshka_st.readers import iter_jsonl, read_beir
+
+Task = tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]
+
+
+def load_task(folder: Path) -> Task:
+    """``(query_ids, queries, doc_ids, docs, qrels)`` of a BEIR folder, read by :func:`matryoshka_st.readers.read_beir`;
+    a document is its title and text."""
+    beir = read_beir(folder)
+    doc_ids = list(beir.corpus)
+    return (
+        list(beir.queries),
+        list(beir.queries.values()),
+        doc_ids,
+        [beir.document(d) for d in doc_ids],
+        beir.qrels[beir.split],
+    )
+
+
+def pair_texts(data: Path) -> list[dict[str, str]]:
+    """The rows of ``train/pairs.jsonl.gz`` under the shared data folder."""
+    return [row for _, row in iter_jsonl(data / "train" / "pairs.jsonl.gz")]
+
+
+def _top10(query_emb: np.ndarray, doc_emb: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine search on the first ``dim`` coordinates (renormalised): ``(Q, k)`` doc indices and scores."""
+    scores = truncate_numpy(query_emb, dim) @ truncate_numpy(doc_emb, dim).T  # (Q, D)
+    k = min(10, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1)
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+
+
+def ndcg_at_10_per_query(
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    query_ids: list[str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    dim: int,
+) -> np.ndarray:
+    """nDCG@10 of each query that has qrels, in ``query_ids`` order, exact cosine search on the first ``dim``
+    coordinates (renormalised), scored by pytrec_eval's ``ndcg_cut.10`` as in mteb."""
+    top, top_scores = _top10(query_emb, doc_emb, dim)
+    try:
+        import pytrec_eval
+    except ImportError:
+        return _ndcg_numpy(top, query_ids, doc_ids, qrels)
+    asked = [query_id for query_id in query_ids if qrels.get(query_id)]
+    run = {
+        query_id: {doc_ids[i]: float(s) for i, s in zip(top[row], top_scores[row])}
+        for row, query_id in enumerate(query_ids)
+        if qrels.get(query_id)
+    }
+    evaluator = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in asked}, {"ndcg_cut.10"})
+    scores = evaluator.evaluate(run)
+    return np.array([scores[query_id]["ndcg_cut_10"] for query_id in asked])
+
+
+def _ndcg_numpy(
+    top: np.ndarray, query_ids: list[str], doc_ids: list[str], qrels: dict[str, dict[str, int]]
+) -> np.ndarray:
+    """The same nDCG@10 without pytrec_eval: gain = relevance grade, discount log2(rank + 1)."""
+    discounts = 1.0 / np.log2(np.arange(2, 12))
+    values = []
+    for row, query_id in enumerate(query_ids):
+        relevant = qrels.get(query_id)
+        if not relevant:
+            continue
+        gains = np.array([relevant.get(doc_ids[i], 0) for i in top[row]], dtype=np.float64)
+        ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1][:10]
+        values.append(float(gains @ discounts[: len(gains)]) / float(ideal @ discounts[: len(ideal)]))
+    return np.array(values)

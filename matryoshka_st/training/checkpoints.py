@@ -1,0 +1,102 @@
+"""The output folder of a run: what is already there, which checkpoint to resume, and the atomic final save."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from sentence_transformers import SentenceTransformer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from matryoshka_st.training.arguments import ConfigError, TrainConfig
+
+FINAL_DIR_NAME = "final"
+
+
+def output_contents(output_dir: Path) -> list[str]:
+    if not output_dir.is_dir():
+        return []
+    found = []
+    if (output_dir / FINAL_DIR_NAME).exists():
+        found.append(f"a model in {FINAL_DIR_NAME}/")
+    if (output_dir / "modules.json").exists() or (output_dir / "config.json").exists():
+        found.append("a model")
+    checkpoints = sorted(p.name for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir())
+    if checkpoints:
+        found.append(f"checkpoints {checkpoints}")
+    return found
+
+
+def _resolve_resume(config: TrainConfig) -> str | None:
+    value = config.training.resume_from_checkpoint
+    if value in (None, "", False):
+        return None
+    output_dir = config.training.output_dir
+    if str(value).lower() in ("true", "latest", "last", "1"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ConfigError(
+                f"--resume_from_checkpoint {value}: there is no {PREFIX_CHECKPOINT_DIR}-* folder in {output_dir!r}."
+            )
+        return last
+    if not os.path.isdir(value):
+        raise ConfigError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder.")
+    return str(value)
+
+
+def resolve_resume(config: TrainConfig) -> str | None:
+    value = config.training.resume_from_checkpoint
+    if value in (None, "", False):
+        return None
+    output_dir = config.training.output_dir
+    if str(value).lower() in ("true", "latest", "last", "1"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ConfigError(
+                f"--resume_from_checkpoint {value}: there is no {PREFIX_CHECKPOINT_DIR}-* folder in {output_dir!r}."
+            )
+        return last
+    if not os.path.isdir(value):
+        raise ConfigError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder.")
+    return str(value)
+
+
+def save_atomically(model: SentenceTransformer, path: str | os.PathLike, write_extras: Callable[[str], None]) -> str:
+    """Save ``model`` (and whatever ``write_extras(folder)`` adds) to a temporary sibling folder, then rename it to
+    ``path``: a reader sees the previous complete model or the new complete model, never a half-written one."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        write_extras(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(path):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+        os.rename(path, os.path.join(old, "model"))
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+    return path
+
+
+def _remove_previous_run(output_dir: Path) -> None:
+    for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if checkpoint.is_dir():
+            shutil.rmtree(checkpoint)
+
+
+def remove_previous_run(output_dir: Path) -> None:
+    for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if checkpoint.is_dir():
+            shutil.rmtree(checkpoint)
