@@ -14,7 +14,7 @@ The base model and each fine-tune are scored by nDCG@10 at dims 384, 256, 128, 6
 (``matryoshka_st.evaluation.evaluate`` + ``render``), which writes the mteb results, the report, the CSV and the plots.
 
 Noise: each text's embedding is recorded while the harness encodes it, and the same nDCG@10 is recomputed per query
-(``posthoc.ndcg_at_10_per_query``; its means match the harness to 1e-3, checked every run). Differences between two
+(``_common.ndcg_at_10_per_query``, mteb's pytrec_eval; its means match the harness to 1e-3, checked every run). Differences between two
 models are then given a 95% paired-bootstrap interval over queries (2,000 resamples); "no worse than the reference"
 means the interval of (matryoshka - reference) does not lie wholly below zero. ``--seeds 1 2 3 --scorer numpy`` instead
 retrains every variant per seed and reports the seed-to-seed spread (the harness is skipped, so it runs where mteb is
@@ -57,7 +57,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from posthoc import load_task, ndcg_at_10_per_query  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import load_task, ndcg_at_10_per_query  # noqa: E402  (the script's own folder is on sys.path)
 
 logger = logging.getLogger("quality_vs_dim")
 
@@ -88,7 +88,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pca-share-kl-t2": dict(init="pca", full_dim_share=0.4, distill_weight=1.0, distill_temperature=2.0),
     "pca-share6-kl": dict(init="pca", full_dim_share=0.6, distill_weight=1.0, distill_temperature=1.0),
 }
-VARIANTS = ("plain", "matryoshka", "reference", "matryoshka-small", *RECIPES)
+# "default": the recipe `matryoshka-st train` uses by default (matryoshka_st.recipes.DEFAULT_RECIPE), one of RECIPES
+VARIANTS = ("plain", "matryoshka", "reference", "matryoshka-small", *RECIPES, "default")
 # a variant name with this suffix is the same trained model with a PCA rotation fitted after training (no training
 # cost; `matryoshka-st adapt`), applied to the vectors before truncation
 POSTHOC = "+pca-after"
@@ -634,6 +635,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=HERE / ".cache" / "quality_vs_dim")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "quality_vs_dim")
     args = parser.parse_args(argv)
+    from matryoshka_st.recipes import DEFAULT_RECIPE
+
+    args.variants = [DEFAULT_RECIPE if variant == "default" else variant for variant in args.variants]
     if args.scorer == "harness" and len(args.seeds) > 1:
         parser.error("--seeds with several seeds needs --scorer numpy")
     for name in ("batch_size", "head_batch_size", "head_max_seq_length", "head_test"):

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import quality_vs_dim as qvd  # noqa: E402
-from posthoc import ndcg_at_10_per_query  # noqa: E402
+from _common import ndcg_at_10_per_query  # noqa: E402
 
 
 def write_pairs(folder: Path, rows: list[dict[str, str]]) -> Path:
