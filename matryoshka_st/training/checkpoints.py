@@ -30,23 +30,6 @@ def output_contents(output_dir: Path) -> list[str]:
     return found
 
 
-def _resolve_resume(config: TrainConfig) -> str | None:
-    value = config.training.resume_from_checkpoint
-    if value in (None, "", False):
-        return None
-    output_dir = config.training.output_dir
-    if str(value).lower() in ("true", "latest", "last", "1"):
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if last is None:
-            raise ConfigError(
-                f"--resume_from_checkpoint {value}: there is no {PREFIX_CHECKPOINT_DIR}-* folder in {output_dir!r}."
-            )
-        return last
-    if not os.path.isdir(value):
-        raise ConfigError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder.")
-    return str(value)
-
-
 def resolve_resume(config: TrainConfig) -> str | None:
     value = config.training.resume_from_checkpoint
     if value in (None, "", False):
