@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
+from matryoshka_st.losses._replay import CachedForward, patched
 from matryoshka_st.losses.distill import similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
 from matryoshka_st.losses.paths import computes_from_embeddings
@@ -27,26 +28,8 @@ from matryoshka_st.losses.paths import computes_from_embeddings
 logger = logging.getLogger(__name__)
 
 
-_MISSING = object()
-
-
 def _computes_from_embeddings(loss: nn.Module) -> bool:
     return computes_from_embeddings(type(loss))
-
-
-@contextmanager
-def _patched(obj: Any, name: str, value: Any):
-    """Set an instance attribute for the duration of a block, then restore exactly what was there before (another
-    modifier such as ``AdaptiveLayerLoss`` may have patched the same attribute)."""
-    previous = obj.__dict__.get(name, _MISSING)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        if previous is _MISSING:
-            delattr(obj, name)
-        else:
-            setattr(obj, name, previous)
 
 
 def check_recipe_arguments(
@@ -75,44 +58,6 @@ def _share_full(dims: list[int], weights: list[float], share: float) -> list[flo
     if others == 0:
         raise ValueError("full_dim_share needs a non-zero weight on at least one dim below the full one.")
     return [share * total] + [(1 - share) * total * w / others for w in weights[1:]]
-
-
-class _CachedForward:
-    """Replaces ``model.forward`` for losses that only expose ``forward``: the first pass (the largest dim)
-    runs the encoder and keeps its outputs; later passes replay them, truncated to the current dim.
-
-    Calls are matched by order, which is deterministic within one ``loss.forward``.
-    """
-
-    def __init__(self, forward: Callable[[dict[str, Tensor]], dict[str, Tensor]]) -> None:
-        self.forward = forward
-        self.outputs: list[dict[str, Tensor]] = []
-        self.full: list[Tensor] = []
-        self.recording = True
-        self.index = 0
-        self.dim: int | None = None
-
-    def start(self, dim: int) -> None:
-        self.dim = dim
-        self.index = 0
-        self.recording = not self.outputs
-
-    def __call__(self, features: dict[str, Tensor], *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        if self.recording:
-            output = self.forward(features, *args, **kwargs)
-            self.outputs.append(output)
-            self.full.append(output["sentence_embedding"])
-        else:
-            if self.index >= len(self.outputs):
-                raise RuntimeError(
-                    "The inner loss embedded more inputs for a smaller Matryoshka dimension than for the first one; "
-                    "its forward pass is not deterministic in the number of encoder calls."
-                )
-            output = self.outputs[self.index]
-        embedding = self.full[self.index] if not self.recording else output["sentence_embedding"]
-        self.index += 1
-        # A shallow copy: the inner loss may write into the dict, and every dim must start from the full embedding.
-        return {**output, "sentence_embedding": truncate(embedding, self.dim)}
 
 
 class MatryoshkaLoss(nn.Module):
@@ -314,9 +259,9 @@ class MatryoshkaLoss(nn.Module):
         """Fallback for losses without ``compute_loss_from_embeddings``: ``model.forward`` is replaced for the
         duration of this call so that only the first (largest) dimension runs the encoder. Returns the losses and
         the full-size embeddings the encoder produced, one per call."""
-        cached = _CachedForward(self.model.forward)
+        cached = CachedForward(self.model.forward)
         losses = {}
-        with _patched(self.model, "forward", cached):
+        with patched(self.model, "forward", cached):
             for dim, weight in active:
                 cached.start(dim)
                 with self._head(dim):
@@ -377,7 +322,7 @@ class MatryoshkaLoss(nn.Module):
                 torch.autograd.backward(truncated_all, grads_all)
             return total.detach() if with_backward else total
 
-        with _patched(self.loss, "calculate_loss", matryoshka_calculate_loss):
+        with patched(self.loss, "calculate_loss", matryoshka_calculate_loss):
             total = self.loss(sentence_features, labels)
         # `total` carries the GradCache backward hook: route the gradient through the first component and give the
         # others their detached values, so that the components still sum to the total.

@@ -1,0 +1,67 @@
+"""The replay path of :class:`~matryoshka_st.losses.MatryoshkaLoss`, for losses that only expose ``forward``: the
+encoder runs once (for the largest dim) and its outputs are replayed, truncated, for the others."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor
+
+from matryoshka_st.dims import truncate
+
+_MISSING = object()
+
+
+@contextmanager
+def patched(obj: Any, name: str, value: Any):
+    """Set an instance attribute for the duration of a block, then restore exactly what was there before (another
+    modifier such as ``AdaptiveLayerLoss`` may have patched the same attribute)."""
+    previous = obj.__dict__.get(name, _MISSING)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if previous is _MISSING:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, previous)
+
+
+class CachedForward:
+    """Replaces ``model.forward`` for losses that only expose ``forward``: the first pass (the largest dim)
+    runs the encoder and keeps its outputs; later passes replay them, truncated to the current dim.
+
+    Calls are matched by order, which is deterministic within one ``loss.forward``.
+    """
+
+    def __init__(self, forward: Callable[[dict[str, Tensor]], dict[str, Tensor]]) -> None:
+        self.forward = forward
+        self.outputs: list[dict[str, Tensor]] = []
+        self.full: list[Tensor] = []
+        self.recording = True
+        self.index = 0
+        self.dim: int | None = None
+
+    def start(self, dim: int) -> None:
+        self.dim = dim
+        self.index = 0
+        self.recording = not self.outputs
+
+    def __call__(self, features: dict[str, Tensor], *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        if self.recording:
+            output = self.forward(features, *args, **kwargs)
+            self.outputs.append(output)
+            self.full.append(output["sentence_embedding"])
+        else:
+            if self.index >= len(self.outputs):
+                raise RuntimeError(
+                    "The inner loss embedded more inputs for a smaller Matryoshka dimension than for the first one; "
+                    "its forward pass is not deterministic in the number of encoder calls."
+                )
+            output = self.outputs[self.index]
+        embedding = self.full[self.index] if not self.recording else output["sentence_embedding"]
+        self.index += 1
+        # A shallow copy: the inner loss may write into the dict, and every dim must start from the full embedding.
+        return {**output, "sentence_embedding": truncate(embedding, self.dim)}
