@@ -275,6 +275,7 @@ def default_job_settings() -> dict[str, Any]:
     return {
         "train_data": str(SAMPLE_PAIRS),
         "max_train_samples": 1200,
+        "init_texts": 1000,  # the PCA rotations (default recipe) encode these twice; 1,000 keep the job short
         "eval_retrieval": str(SAMPLE_DEV_RETRIEVAL),
         "max_seq_length": 64,
         "output_dir": DEFAULT_JOB_OUTPUT_DIR,
