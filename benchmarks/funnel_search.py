@@ -163,7 +163,7 @@ def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target) -> l
         ("flat funnel: float 64 -> rerank 384", [(64, 100)], "float", {}),
         ("flat funnel: binary 384 -> rerank 384", [(384, 100)], "binary", {}),
         ("HNSW funnel: float 64 (M 16) -> rerank 384", [(64, 100)], "hnsw", {"hnsw_m": 16}),
-        ("HNSW funnel: float 32 (M 32) -> rerank 384", [(32, 100)], "hnsw", {"hnsw_m": 32}),
+        ("HNSW funnel: int8 128 (M 16) -> rerank 384", [(128, 100)], "int8_hnsw", {"hnsw_m": 16}),
         ("HNSW funnel: binary 384 (M 32) -> rerank 384", [(384, 100)], "binary_hnsw", {"hnsw_m": 32}),
         ("IVF funnel: float 64 -> rerank 384", [(64, 100)], "ivf", {}),
     ]
@@ -175,14 +175,14 @@ def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target) -> l
         memory = index.memory_report()
         system = System(name, memory.first_stage_bytes_per_vector * len(index), memory.bytes_per_vector, build)
         first_dim = stages[0][0]
-        if kind in ("hnsw", "binary_hnsw"):
+        if kind in ("hnsw", "int8_hnsw", "binary_hnsw"):
             grid = [(ef, s) for ef in FUNNEL_EFS for s in (ef // 2, ef)]
         elif kind == "ivf":
             grid = [(p, s) for p in NPROBES for s in (100, 200, 400)]
         else:
             grid = [(None, s) for s in SHORTLISTS]
         for setting, shortlist in grid:
-            option = {"ef_search": setting} if kind in ("hnsw", "binary_hnsw") else {"nprobe": setting}
+            option = {"ef_search": setting} if kind in ("hnsw", "int8_hnsw", "binary_hnsw") else {"nprobe": setting}
             index.set_search_params(stages=[(first_dim, shortlist)], **(option if setting else {}))
             label = (f"{next(iter(option))} {setting}, " if setting else "") + f"shortlist {shortlist}"
             point = timed_point(lambda q, index=index: index.search(q, k=k)[1], queries, exact, repeats, label)

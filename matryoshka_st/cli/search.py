@@ -20,7 +20,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # matryoshka_st.search.first_stage.FIRST_STAGES, spelled out so that `--help` does not import torch and FAISS.
-FIRST_STAGES = ("float", "int8", "binary", "hnsw", "binary_hnsw", "ivf")
+FIRST_STAGES = ("float", "int8", "binary", "hnsw", "int8_hnsw", "binary_hnsw", "ivf")
 
 
 def parse_stages(value: str) -> list[tuple[int, int]]:
@@ -107,7 +107,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--first-stage",
         choices=FIRST_STAGES,
         default="float",
-        help="Flat: float, int8, binary. Sublinear: hnsw, binary_hnsw (HNSW graphs), ivf (inverted file).",
+        help="Flat: float, int8, binary. Sublinear: hnsw, int8_hnsw, binary_hnsw (HNSW graphs), ivf (inverted file).",
     )
     _add_first_stage_flags(build, build=True)
     build.add_argument("--full-dim", type=int, default=None, help="Dim of the final rerank (default: the model's).")

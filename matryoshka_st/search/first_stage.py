@@ -3,7 +3,8 @@
 Every kind is a stock FAISS index; this module only chooses it, sets its search-time parameters and reads back how
 many bytes it holds. Flat kinds scan every vector (``float``: exact inner product, ``int8``: 8-bit scalar quantizer,
 ``binary``: Hamming distance on sign bits); the sublinear kinds visit a fraction of them (``hnsw``: an HNSW graph on
-the float prefix, ``binary_hnsw``: an HNSW graph on the sign bits, ``ivf``: an inverted file of float prefixes).
+the float prefix, ``int8_hnsw``: on its 8-bit scalar-quantized codes, ``binary_hnsw``: on the sign bits, ``ivf``: an
+inverted file of float prefixes).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from numbers import Integral
 
 import numpy as np
 
-FIRST_STAGES = ("float", "int8", "binary", "hnsw", "binary_hnsw", "ivf")
+FIRST_STAGES = ("float", "int8", "binary", "hnsw", "int8_hnsw", "binary_hnsw", "ivf")
 BINARY_STAGES = ("binary", "binary_hnsw")
-QUANTIZED_STAGES = ("int8", "binary", "binary_hnsw")
-HNSW_STAGES = ("hnsw", "binary_hnsw")
+QUANTIZED_STAGES = ("int8", "binary", "int8_hnsw", "binary_hnsw")
+HNSW_STAGES = ("hnsw", "int8_hnsw", "binary_hnsw")
 
 
 def import_faiss():
@@ -42,9 +43,9 @@ class FirstStageParams:
     """Which FAISS index finds the shortlist, and its build and search parameters.
 
     Args:
-        kind: one of ``float``, ``int8``, ``binary`` (flat: every vector is scored), ``hnsw``, ``binary_hnsw``
-            (HNSW graphs on the float prefix or on its sign bits) or ``ivf`` (inverted file, exact scores inside
-            the ``nprobe`` lists nearest to the query).
+        kind: one of ``float``, ``int8``, ``binary`` (flat: every vector is scored), ``hnsw``, ``int8_hnsw``,
+            ``binary_hnsw`` (HNSW graphs on the float prefix, its int8 codes or its sign bits) or ``ivf`` (inverted
+            file, exact scores inside the ``nprobe`` lists nearest to the query).
         hnsw_m: HNSW neighbours per node (FAISS ``M``); more is more accurate, larger and slower to build.
         ef_construction: HNSW candidate list while building.
         ef_search: HNSW candidate list while searching (raised to the shortlist size when that is larger).
@@ -109,6 +110,11 @@ def build_first_stage(vectors: np.ndarray, params: FirstStageParams):
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params.ef_construction
+        index.add(vectors)
+    elif kind == "int8_hnsw":
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+        index.train(vectors)
         index.add(vectors)
     elif kind == "ivf":
         nlist = min(params.nlist or default_nlist(num), num)

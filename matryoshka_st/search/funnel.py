@@ -90,8 +90,8 @@ class FunnelIndex:
         full_dim: dimension of the final rerank; defaults to ``D``.
         first_stage: the FAISS index of the first stage. Flat (every vector scored): ``"float"`` (exact inner
             product), ``"int8"`` (8-bit scalar quantizer, 4x smaller), ``"binary"`` (sign bits, Hamming distance,
-            32x smaller). Sublinear: ``"hnsw"`` (HNSW graph on the float prefix), ``"binary_hnsw"`` (HNSW graph on
-            the sign bits), ``"ivf"`` (inverted file on the float prefix).
+            32x smaller). Sublinear: ``"hnsw"``, ``"int8_hnsw"``, ``"binary_hnsw"`` (HNSW graphs on the float
+            prefix, its int8 codes or its sign bits), ``"ivf"`` (inverted file on the float prefix).
         doc_ids: optional external ids, one per row, saved with the index (``search`` returns row numbers).
         model_name_or_path: optional record of the model that made the embeddings, saved with the index.
         hnsw_m, ef_construction, ef_search, nlist, nprobe: first-stage parameters, see

@@ -8,7 +8,7 @@ from matryoshka_st.search import FirstStageParams, FunnelIndex
 pytest.importorskip("faiss")
 
 DIM = 64
-SUBLINEAR = ["hnsw", "binary_hnsw", "ivf"]
+SUBLINEAR = ["hnsw", "int8_hnsw", "binary_hnsw", "ivf"]
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
