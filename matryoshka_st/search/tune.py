@@ -3,8 +3,9 @@
 FAISS computes the exact ground truth (brute force at the full dim) and every first-stage shortlist. What this module
 adds is the search over schedules: for each first-stage setting (prefix dim, ``ef_search`` or ``nprobe``) it searches
 one candidate pool and evaluates every shorter shortlist as a prefix of that pool, which is exactly what FAISS
-returns for the shorter shortlist with the same setting (the best ``S`` of the same candidates). The cheapest
-shortlist meeting the target per setting is then timed, and the fastest kept.
+returns for the shorter shortlist with the same setting (the best ``S`` of the same candidates; with Hamming
+distances, up to which of several tied candidates is cut). The cheapest shortlist meeting the target per setting is
+then timed, and the fastest kept; the held-back recall is measured with real searches.
 """
 
 from __future__ import annotations
