@@ -9,10 +9,9 @@ the index saves, loads (the full vectors optionally memory-mapped) and reports i
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,14 +20,13 @@ import numpy as np
 import torch
 
 from matryoshka_st.dims import full_embedding_dim, truncate_numpy
+from matryoshka_st.search._inputs import as_float_matrix, encode
 from matryoshka_st.search.first_stage import (
     FirstStageParams,
     apply_search_params,
     build_first_stage,
     index_bytes,
-    read_index,
     search_first_stage,
-    write_index,
 )
 from matryoshka_st.search.stages import validate_stages
 
@@ -39,11 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-CONFIG_NAME = "funnel_index.json"
-EMBEDDINGS_NAME = "embeddings.npy"
-PREFIX_NORMS_NAME = "prefix_norms.npy"
-FIRST_STAGE_NAME = "first_stage.faiss"
 # Bounds the (queries, shortlist, dim) float32 block gathered for one rerank step.
 RERANK_BLOCK_BYTES = 256 * 2**20
 
@@ -62,18 +55,6 @@ class MemoryReport:
     rerank_bytes_per_vector: float
     bytes_per_vector: float
     total_bytes: int
-
-
-def _as_float_matrix(embeddings, name: str) -> np.ndarray:
-    if isinstance(embeddings, torch.Tensor):
-        embeddings = embeddings.detach().cpu().float().numpy()
-    if not isinstance(embeddings, np.ndarray):  # keeps a np.memmap as it is
-        embeddings = np.asarray(embeddings)
-    if embeddings.ndim != 2:
-        raise ValueError(f"{name} must be a 2-d array (num, dim), got shape {embeddings.shape}.")
-    if not np.issubdtype(embeddings.dtype, np.floating):
-        raise ValueError(f"{name} must be float embeddings, got dtype {embeddings.dtype}.")
-    return embeddings
 
 
 class FunnelIndex:
@@ -129,7 +110,7 @@ class FunnelIndex:
         _prefix_norms: np.ndarray | None = None,
     ) -> None:
         self.params = FirstStageParams(first_stage, hnsw_m, ef_construction, ef_search, nlist, nprobe)
-        embeddings = _as_float_matrix(embeddings, "embeddings")
+        embeddings = as_float_matrix(embeddings, "embeddings")
         full_dim = embeddings.shape[1] if full_dim is None else full_dim
         if (
             isinstance(full_dim, bool)
@@ -224,7 +205,7 @@ class FunnelIndex:
             raise ValueError("texts must be a non-empty list of strings (the corpus is empty).")
         if doc_ids is not None and len(doc_ids) != len(texts):
             raise ValueError(f"doc_ids has {len(doc_ids)} ids for {len(texts)} texts: give one per text.")
-        embeddings = _encode(model, texts, batch_size, show_progress_bar)
+        embeddings = encode(model, texts, batch_size, show_progress_bar)
         index = cls(
             embeddings,
             stages,
@@ -316,10 +297,10 @@ class FunnelIndex:
             model = model or self._model
             if model is None:
                 raise ValueError("Text queries need a model: pass model=... or build the index with from_model.")
-            queries = _encode(
+            queries = encode(
                 model, [queries] if isinstance(queries, str) else list(queries), batch_size, show_progress_bar
             )
-        queries = _as_float_matrix(queries, "queries")
+        queries = as_float_matrix(queries, "queries")
         if queries.shape[1] not in (self.full_dim, self.source_dim):
             raise ValueError(
                 f"Queries have dim {queries.shape[1]} but the index was built from {self.source_dim}-dim embeddings "
@@ -401,25 +382,9 @@ class FunnelIndex:
     def save(self, path: str | Path) -> None:
         """Write the index to the folder ``path``: config JSON (schedule, first-stage parameters, tuning record),
         the float32 vectors, prefix norms and the FAISS index."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        config = {
-            "format_version": FORMAT_VERSION,
-            "stages": [list(stage) for stage in self.stages],
-            "full_dim": self.full_dim,
-            "source_dim": self.source_dim,
-            "first_stage": self.first_stage,
-            "first_stage_params": self.params.to_dict(),
-            "num_vectors": len(self),
-            "model_name_or_path": self.model_name_or_path,
-            "tuning": self.tuning,
-            "doc_ids": self.doc_ids,
-            "memory": asdict(self.memory_report()),
-        }
-        np.save(path / EMBEDDINGS_NAME, np.asarray(self.embeddings))
-        np.save(path / PREFIX_NORMS_NAME, self._prefix_norms)
-        write_index(self._index, self.first_stage, str(path / FIRST_STAGE_NAME))
-        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        from matryoshka_st.search.persistence import save_index
+
+        save_index(self, path)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> FunnelIndex:
@@ -438,44 +403,12 @@ class FunnelIndex:
             >>> FunnelIndex.load(folder).search(np.eye(8, dtype="float32")[:1], k=1)[1].tolist()
             [[0]]
         """
-        path = Path(path)
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"No funnel index in {str(path)!r}: expected {CONFIG_NAME} written by save().")
-        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-        if config.get("format_version") not in (1, FORMAT_VERSION):
-            raise ValueError(f"{path} has format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}.")
-        params = FirstStageParams.from_dict(config.get("first_stage_params") or {"kind": config["first_stage"]})
-        first = read_index(params.kind, str(path / FIRST_STAGE_NAME))
-        options = {name: value for name, value in params.to_dict().items() if name != "kind"}
-        index = cls(
-            np.load(path / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None),
-            config["stages"],
-            full_dim=config["full_dim"],
-            first_stage=params.kind,
-            doc_ids=config.get("doc_ids"),
-            model_name_or_path=config.get("model_name_or_path"),
-            _first_stage_index=first,
-            _prefix_norms=np.load(path / PREFIX_NORMS_NAME),
-            **options,
-        )
-        apply_search_params(first, params)
-        index.source_dim = config["source_dim"]
-        index.tuning = config.get("tuning")
-        return index
+        from matryoshka_st.search.persistence import load_index
+
+        return load_index(cls, path, mmap)
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best of each row of ``scores`` ``(Q, S)``, sorted best first, with their ids."""
     top_scores, order = torch.topk(torch.from_numpy(scores), k, dim=1)
     return top_scores.numpy(), np.take_along_axis(ids, order.numpy(), axis=1)
-
-
-def _encode(model: SentenceTransformer, texts: list[str], batch_size: int, show_progress_bar: bool) -> np.ndarray:
-    truncate_dim = getattr(model, "truncate_dim", None)
-    try:
-        model.truncate_dim = None  # the index truncates itself; it needs the full vectors
-        return model.encode(
-            texts, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True
-        ).astype(np.float32)
-    finally:
-        model.truncate_dim = truncate_dim
