@@ -10,6 +10,7 @@ inverted file of float prefixes).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from numbers import Integral
 
@@ -141,22 +142,47 @@ def apply_search_params(index, params: FirstStageParams) -> None:
         index.nprobe = min(params.nprobe, index.nlist)
 
 
+@contextmanager
+def single_thread_if(condition: bool):
+    """Run FAISS on one OpenMP thread while ``condition`` holds (a one-query search). FAISS opens a thread team
+    even for one query, and on busy cores the idle thread's barrier costs tens of milliseconds (measured: 40-60 ms
+    with 2 threads against 0.3 ms with 1 for a binary HNSW search)."""
+    if not condition:
+        yield
+        return
+    faiss = import_faiss()
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def inner_products_by_idx(queries: np.ndarray, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``(Q, S)`` inner products of each query ``(Q, D)`` with the rows ``ids[q]`` of ``table`` ``(N, D)``; ``-inf``
+    for id ``-1``. FAISS reads the rows in place (``table`` may be a read-only memory map)."""
+    faiss = import_faiss()
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if table.dtype != np.float32 or not table.flags.c_contiguous or table.shape[1] != queries.shape[1]:
+        raise ValueError(f"The rerank table must be C-contiguous float32 with {queries.shape[1]} columns.")
+    out = np.empty(ids.shape, dtype=np.float32)
+    ptr = faiss.swig_ptr
+    with single_thread_if(len(queries) == 1):
+        faiss.fvec_inner_products_by_idx(
+            ptr(out), ptr(queries), ptr(table), ptr(ids), queries.shape[1], ids.shape[0], ids.shape[1]
+        )
+    return out
+
+
 def search_first_stage(index, params: FirstStageParams, queries: np.ndarray, shortlist: int) -> np.ndarray:
     """Row ids ``(Q, shortlist)`` int64 of each query's shortlist, best first (``-1`` pads a short result)."""
-    if params.kind == "binary_hnsw" and len(queries) == 1:
-        # FAISS's binary HNSW opens an OpenMP team even for one query; on busy cores the idle thread's barrier
-        # costs tens of milliseconds (measured: 40-60 ms with 2 threads against 0.3 ms with 1).
-        faiss = import_faiss()
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
+    with single_thread_if(len(queries) == 1):
+        if params.kind in BINARY_STAGES:
             _, ids = index.search(quantize_binary(queries), shortlist)
-        finally:
-            faiss.omp_set_num_threads(threads)
-    elif params.kind in BINARY_STAGES:
-        _, ids = index.search(quantize_binary(queries), shortlist)
-    else:
-        _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), shortlist)
+        else:
+            _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), shortlist)
     return ids.astype(np.int64, copy=False)
 
 

@@ -26,6 +26,7 @@ from matryoshka_st.search.first_stage import (
     apply_search_params,
     build_first_stage,
     index_bytes,
+    inner_products_by_idx,
     search_first_stage,
 )
 from matryoshka_st.search.stages import validate_stages
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
     from matryoshka_st.search.tune import TuneResult
 
 logger = logging.getLogger(__name__)
-
-# Bounds the (queries, shortlist, dim) float32 block gathered for one rerank step.
-RERANK_BLOCK_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,9 @@ class FunnelIndex:
         self._first_stage_bytes: int | None = None
         if _first_stage_index is None:
             # Normalised at full_dim, so the final rerank is a plain dot product with the normalised query.
-            self.embeddings = truncate_numpy(embeddings, self.full_dim)  # (N, full_dim)
+            self.embeddings = np.ascontiguousarray(
+                truncate_numpy(embeddings, self.full_dim), np.float32
+            )  # (N, full_dim)
             self._prefix_norms = self._compute_prefix_norms([dim for dim, _ in self.stages[1:]])
             self._index = build_first_stage(truncate_numpy(self.embeddings, self.stages[0][0]), self.params)
         else:
@@ -324,23 +324,14 @@ class FunnelIndex:
 
     def _rescore(self, queries: np.ndarray, ids: np.ndarray, dim: int, norms: np.ndarray | None) -> np.ndarray:
         """Cosine similarity at ``dim`` between each query and its candidates: ``(Q, S)``; ``-inf`` for id ``-1``."""
-        q = torch.from_numpy(truncate_numpy(queries, dim))  # (Q, dim)
-        num_queries, shortlist = ids.shape
-        missing = ids < 0
-        rows_all = np.where(missing, 0, ids) if missing.any() else ids
-        block = max(1, RERANK_BLOCK_BYTES // max(1, shortlist * dim * 4))
-        out = torch.empty((num_queries, shortlist), dtype=torch.float32)
-        for start in range(0, num_queries, block):
-            rows = rows_all[start : start + block]
-            # numpy fancy indexing copies just the prefix columns, contiguously (faster than torch indexing here),
-            # and reads a memory-mapped table row by row.
-            candidates = torch.from_numpy(self.embeddings[rows.reshape(-1), :dim]).view(len(rows), shortlist, dim)
-            out[start : start + block] = torch.bmm(candidates, q[start : start + block, :, None])[..., 0]  # (B, S)
-        scores = out.numpy()
+        q = truncate_numpy(queries, dim)  # (Q, dim), unit length
+        if dim < self.full_dim:
+            # Zero-padded, the query's product with a full row is its product with the row's prefix: FAISS reads the
+            # candidates in place (no gathered copy), and a memory-mapped table only for the shortlisted rows.
+            q = np.concatenate([q, np.zeros((len(q), self.full_dim - dim), np.float32)], axis=1)
+        scores = inner_products_by_idx(q, self.embeddings, ids)
         if norms is not None:
-            scores /= np.maximum(norms[rows_all], 1e-12)
-        if rows_all is not ids:
-            scores[missing] = -np.inf
+            scores /= np.maximum(norms[np.where(ids < 0, 0, ids)], 1e-12)
         return scores
 
     def _compute_prefix_norms(self, dims: Sequence[int]) -> np.ndarray:
