@@ -1,258 +1,328 @@
-"""Is funnel search (shortlist at a small dim, rerank at full) >= 10x faster than exact search at >= 0.99 recall@10?
+"""Does funnel search (a sublinear first stage on a short prefix, rerank at full dim) beat full-dim HNSW?
 
-Real corpus: seeded samples of the unique "positive" and "anchor" texts of ``train/pairs.jsonl.gz``, encoded by each
-model (base all-MiniLM-L6-v2 and, with ``--finetuned``, a Matryoshka-fine-tuned MiniLM); queries: held-out dev queries
-(``dev/*/queries.jsonl``). Embeddings are cached per chunk under ``--cache-dir`` so reruns only search and no text is
-encoded twice. The corpus is filled up to ``--num-vectors`` with synthetic distractors, labelled as such and placed
-after the real rows: samples of a Gaussian fitted to the model's real embeddings (mean + full covariance, so each
-coordinate's variance and the prefix structure are kept), renormalised; they do not form near-duplicate clusters
-around real vectors. Ground truth is exact full-dim ``faiss.IndexFlatIP`` top-k over the whole index. Every variant
-runs in this one process with the same FAISS / torch thread count and query batch, after a warm-up; the median of
-``--repeats`` timed searches is reported.
+Real embeddings only: the unique texts of ``train/pairs.jsonl.gz`` plus the dev corpora (``_funnel_corpus.py``:
+dev corpora first, then the pair texts in a seeded random order, so ``--limit N`` is a random sample), encoded once
+per model and cached under ``--cache-dir``. Queries: the dev queries, split at random into a tuning sample (for
+``FunnelIndex.tune``) and evaluation queries (everything else in the table and plot). Ground truth: exact 384-dim
+top-10 (``faiss.knn``). Every system runs in this one process with the same threads; each setting is timed as a
+batch (best of ``--repeats``) and as single queries (p50 / p99).
 
-    python benchmarks/funnel_search.py --data ../shared/data --finetuned PATH [--model PATH]
+Systems: exact flat at full dim; HNSW at full dim (M 32, efSearch swept); binary flat + rescoring as
+``sentence_transformers.util.semantic_search_faiss(corpus_precision="ubinary")`` does it (vectorised: the float query
+rescores the unpacked bits of the top ``k * multiplier``); the flat funnels (float 64-dim prefix, binary 384 bits);
+the sublinear funnels (HNSW on a float prefix, HNSW on binary codes, IVF on a float prefix), swept and tuned.
+
+    python benchmarks/_funnel_corpus.py --data ../shared/data --limit 40960 [--model PATH]  # encode (cached, resumable)
+    python benchmarks/funnel_search.py --data ../shared/data --limit 40960 --finetuned PATH   # add --encode to encode
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import platform
-import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _funnel_corpus import encode_all  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from _common import pair_texts  # noqa: E402 - the script's folder is on sys.path
-
-from matryoshka_st.readers import iter_jsonl  # noqa: E402
 
 logger = logging.getLogger("funnel_search")
 
 HERE = Path(__file__).resolve().parent
-
-
-def load_texts(
-    data: Path, num_positives: int, num_anchors: int, num_queries: int, seed: int
-) -> tuple[list[str], list[str], list[str]]:
-    """Seeded samples of the unique "positive" and "anchor" texts of train/pairs.jsonl.gz, and held-out dev queries.
-
-    A text that is both an anchor and a positive is kept once, as a positive; dev queries are dropped from the corpus.
-    """
-    positives, anchors = {}, {}
-    for pair in pair_texts(data):
-        positives.setdefault(pair["positive"], None)
-        anchors.setdefault(pair["anchor"], None)
-    queries = []
-    for task in sorted((data / "dev").iterdir()):
-        queries.extend(row["text"] for _, row in iter_jsonl(task / "queries.jsonl"))
-    random.Random(seed).shuffle(queries)
-    queries = queries[:num_queries]
-    held_out = set(queries)
-    positive_list = sorted(t for t in positives if t not in held_out)
-    anchor_list = sorted(t for t in anchors if t not in positives and t not in held_out)
-    random.Random(seed).shuffle(positive_list)
-    random.Random(seed).shuffle(anchor_list)
-    return positive_list[:num_positives], anchor_list[:num_anchors], queries
-
-
-def encode_cached(model_path: str, texts: list[str], cache_dir: Path, max_seq_length: int, chunk: int = 2000):
-    """Encode ``texts`` to unit-length float32 rows, caching each chunk of ``chunk`` texts on disk.
-
-    A chunk's file is named by the model, ``max_seq_length`` and the chunk's texts, so a killed run resumes, a larger
-    sample reuses the chunks of a smaller one, and no text is encoded twice by the same model."""
-    from tqdm.auto import tqdm
-
-    model_key = hashlib.sha1(str(Path(model_path).resolve()).encode("utf-8")).hexdigest()[:8]
-    chunk_dir = cache_dir / "chunks"
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    model, parts = None, []
-    for start in tqdm(range(0, len(texts), chunk), desc=f"Encoding {len(texts)} texts", unit="chunk"):
-        texts_key = hashlib.sha1(json.dumps(texts[start : start + chunk]).encode("utf-8")).hexdigest()[:16]
-        path = chunk_dir / f"{model_key}-{max_seq_length}-{texts_key}.npy"
-        if not path.exists():
-            if model is None:
-                from sentence_transformers import SentenceTransformer
-
-                model = SentenceTransformer(model_path, device="cpu")
-                model.max_seq_length = max_seq_length
-            emb = model.encode(texts[start : start + chunk], batch_size=64, normalize_embeddings=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, emb.astype(np.float32))
-            tmp.rename(path)
-        parts.append(np.load(path))
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
-def gaussian_distractors(real: np.ndarray, num: int, seed: int, chunk: int = 100_000) -> np.ndarray:
-    """``num`` synthetic unit vectors drawn from a Gaussian fitted to ``real`` (its mean and full covariance), then
-    renormalised.
-
-    The full covariance keeps what funnel search depends on: each coordinate's variance (a Matryoshka model puts most
-    of it in the first coordinates) and the correlations between a prefix and the rest. Unlike noisy copies of real
-    vectors, the samples form no near-duplicate clusters around real vectors, so a query's true neighbours are not
-    decided by noise that no prefix can see."""
-    rng = np.random.default_rng(seed)
-    real64 = real.astype(np.float64)
-    mean = real64.mean(axis=0)
-    cov = np.cov(real64, rowvar=False)
-    # Tiny ridge: with fewer distinct texts than dims the covariance may be singular.
-    chol = np.linalg.cholesky(cov + 1e-8 * np.eye(len(cov))).astype(np.float32)
-    out = np.empty((num, real.shape[1]), dtype=np.float32)
-    for start in range(0, num, chunk):
-        stop = min(start + chunk, num)
-        rows = rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32) @ chol.T + mean.astype(np.float32)
-        out[start:stop] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    return out
-
-
-def build_corpus(real: np.ndarray, num_vectors: int, seed: int) -> np.ndarray:
-    """``real`` rows first (ids ``0 .. len(real) - 1``), then Gaussian distractors up to ``num_vectors``."""
-    num_synthetic = max(0, num_vectors - len(real))
-    if num_synthetic == 0:
-        return np.ascontiguousarray(real)
-    return np.concatenate([real, gaussian_distractors(real, num_synthetic, seed)])
+HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+FUNNEL_EFS = (32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBES = (4, 8, 16, 32, 64)
+SHORTLISTS = (50, 100, 200, 400, 1000)
+RESCORE_MULTIPLIERS = (1, 4, 16)
 
 
 @dataclass
-class Variant:
-    label: str
-    stages: list[tuple[int, int]] | None  # None: exact full-dim IndexFlatIP
-    first_stage: str = "float"
+class System:
+    """One curve: a searched index, how many bytes it holds, and one point per swept setting."""
+
+    name: str
+    index_bytes: float  # bytes of the index searched for every query
+    total_bytes_per_vector: float  # everything a query may touch, incl. rerank vectors
+    build_s: float
+    points: list[dict] = field(default_factory=list)
+    tuned: dict | None = None
 
 
-DEFAULT_VARIANTS = [
-    Variant("exact", None),
-    Variant("funnel", [(64, 100)]),
-    Variant("funnel", [(64, 300)]),
-    Variant("funnel", [(64, 1000)]),
-    Variant("funnel", [(64, 1000), (128, 200)]),
-    Variant("funnel", [(128, 300)]),
-    Variant("funnel", [(128, 1000)]),
-    Variant("funnel", [(128, 300)], "int8"),
-    Variant("funnel", [(128, 1000)], "binary"),
-    Variant("funnel", [(256, 300)], "binary"),
-    Variant("funnel", [(256, 1000)], "binary"),
-    Variant("funnel", [(384, 300)], "binary"),
-    Variant("funnel", [(384, 1000)], "binary"),
-]
+def recall(ids: np.ndarray, exact: np.ndarray) -> float:
+    from matryoshka_st.search.tune import recall_at_k
+
+    return recall_at_k(ids, exact)
 
 
-def parse_variants(value: str) -> list[Variant]:
-    """``"float:64:1000,128:200;binary:384:500"`` -> variants, always preceded by exact search."""
-    variants = [Variant("exact", None)]
-    for spec in value.split(";"):
-        kind, _, rest = spec.partition(":")
-        stages = [(int(d), int(s)) for d, s in (p.split(":") for p in rest.split(","))]
-        variants.append(Variant("funnel", stages, kind))
-    return variants
+def timed_point(search, queries: np.ndarray, exact: np.ndarray, repeats: int, setting: str) -> dict:
+    """Recall, batch q/s and single-query p50 / p99 of one setting. Every system's one-query searches run FAISS on
+    one thread, as the funnel does (a 2-thread team for one query waits on busy cores)."""
+    from matryoshka_st.search import measure_speed
+    from matryoshka_st.search.first_stage import single_thread_if
+
+    def search_one_thread_if_single(q):
+        with single_thread_if(len(q) == 1):
+            return search(q)
+
+    ids = search(queries)
+    speed = measure_speed(search_one_thread_if_single, queries, repeats=repeats, num_single=100)
+    return {
+        "setting": setting,
+        "recall": recall(ids, exact),
+        "qps": speed.queries_per_second,
+        "p50_ms": speed.latency_p50_ms,
+        "p99_ms": speed.latency_p99_ms,
+    }
 
 
-def timed_search(search, queries: np.ndarray, repeats: int) -> tuple[float, float, np.ndarray]:
-    """Median wall time and median process CPU time of ``repeats`` searches of the whole query batch, after a
-    warm-up search of the first 32 queries (which scans the whole index once).
-
-    CPU time is reported too because the cores are shared with other jobs: it is what the search itself consumed."""
-    search(queries[:32])
-    walls, cpus, ids = [], [], None
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        ids = search(queries)
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - start_cpu)
-    return float(np.median(walls)), float(np.median(cpus)), ids
-
-
-def bench_model(args, name: str, model_path: str, text_groups, query_texts) -> tuple[list[dict], dict]:
+def faiss_bytes(index) -> int:
     import faiss
 
+    if isinstance(index, faiss.IndexBinary):
+        return int(faiss.serialize_index_binary(index).size)
+    return int(faiss.serialize_index(index).size)
+
+
+def bench_peers(corpus, queries, exact, k, repeats) -> list[System]:
+    import faiss
+
+    n, dim = corpus.shape
+    systems = []
+    start = time.perf_counter()
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(corpus)
+    system = System(f"exact flat {dim}", faiss_bytes(flat), 4 * dim, time.perf_counter() - start)
+    system.points.append(timed_point(lambda q, index=flat: index.search(q, k)[1], queries, exact, repeats, "-"))
+    systems.append(system)
+    del flat
+    logger.info("%s: %s", system.name, system.points[-1])
+
+    start = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(corpus)
+    build = time.perf_counter() - start
+    size = faiss_bytes(hnsw)
+    system = System(f"HNSW {dim} (M 32)", size, size / n, build)
+    for ef in HNSW_EFS:
+        hnsw.hnsw.efSearch = ef
+        system.points.append(
+            timed_point(lambda q, index=hnsw: index.search(q, k)[1], queries, exact, repeats, f"efSearch {ef}")
+        )
+        logger.info("%s: %s", system.name, system.points[-1])
+        if system.points[-1]["recall"] >= 0.999:
+            break
+    systems.append(system)
+    del hnsw
+
+    # sentence-transformers' recipe (semantic_search_faiss, corpus_precision="ubinary", rescore=True), vectorised:
+    # Hamming search for k * multiplier, then float query . unpacked corpus bits, keep the top k.
+    start = time.perf_counter()
+    binary = faiss.IndexBinaryFlat(dim)
+    codes = np.packbits(corpus > 0, axis=-1)
+    binary.add(codes)
+    system = System(f"binary flat {dim} + rescoring (sentence-transformers)", faiss_bytes(binary), dim / 8, 0.0)
+    system.build_s = time.perf_counter() - start
+
+    def st_rescore(q, multiplier):
+        import torch
+
+        ids = binary.search(np.packbits(q > 0, axis=-1), k * multiplier)[1]
+        bits = np.unpackbits(codes[ids], axis=-1).astype(np.float32)  # (Q, k * m, dim)
+        scores = torch.bmm(torch.from_numpy(bits), torch.from_numpy(q)[:, :, None])[..., 0]
+        return np.take_along_axis(ids, torch.topk(scores, k, dim=1).indices.numpy(), axis=1)
+
+    _check_st_recipe(binary, corpus, queries[:20], k, st_rescore)
+    for multiplier in RESCORE_MULTIPLIERS:
+        system.points.append(
+            timed_point(lambda q, m=multiplier: st_rescore(q, m), queries, exact, repeats, f"rescore x{multiplier}")
+        )
+        logger.info("%s: %s", system.name, system.points[-1])
+    systems.append(system)
+    return systems
+
+
+def _check_st_recipe(binary, corpus, queries, k, st_rescore) -> None:
+    """The vectorised recipe returns what sentence-transformers' own function returns (same ids per query)."""
+    from sentence_transformers.util.quantization import semantic_search_faiss
+
+    results, _ = semantic_search_faiss(
+        queries, corpus_index=binary, corpus_precision="ubinary", top_k=k, rescore=True, rescore_multiplier=4
+    )
+    theirs = [sorted(hit["corpus_id"] for hit in row) for row in results]
+    ours = [sorted(row.tolist()) for row in st_rescore(queries, 4)]
+    same = np.mean([a == b for a, b in zip(theirs, ours)])
+    logger.info("binary rescoring recipe: %.0f%% of queries identical to semantic_search_faiss", 100 * same)
+
+
+def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target) -> list[System]:
     from matryoshka_st.search import FunnelIndex
-    from matryoshka_st.search.funnel import validate_stages
 
-    # Each group is cached on its own, so chunk boundaries (and cache files) do not depend on the other's size.
-    real = np.concatenate(
-        [encode_cached(model_path, texts, args.cache_dir, args.max_seq_length) for texts in text_groups if texts]
-    )
-    queries = encode_cached(model_path, query_texts, args.cache_dir, args.max_seq_length)
-    corpus = build_corpus(real, args.num_vectors, args.seed)
-    num_real, num_synthetic = len(real), len(corpus) - len(real)
-    logger.info(
-        "%s: %d queries, %d vectors = %d real + %d synthetic", name, len(queries), len(corpus), num_real, num_synthetic
-    )
-    dim = corpus.shape[1]
-
-    rows, exact_ids, exact_time, exact_cpu, stats, built = [], None, None, None, {}, {}
-    for variant in args.variants:
+    specs = [
+        ("flat funnel: float 64 -> rerank 384", [(64, 100)], "float", {}),
+        ("flat funnel: binary 384 -> rerank 384", [(384, 100)], "binary", {}),
+        ("HNSW funnel: float 64 (M 16) -> rerank 384", [(64, 100)], "hnsw", {"hnsw_m": 16}),
+        ("HNSW funnel: int8 128 (M 16) -> rerank 384", [(128, 100)], "int8_hnsw", {"hnsw_m": 16}),
+        ("HNSW funnel: binary 384 (M 32) -> rerank 384", [(384, 100)], "binary_hnsw", {"hnsw_m": 32}),
+        ("IVF funnel: float 64 -> rerank 384", [(64, 100)], "ivf", {}),
+    ]
+    systems = []
+    for name, stages, kind, options in specs:
         start = time.perf_counter()
-        if variant.stages is None:
-            index = faiss.IndexFlatIP(dim)
-            index.add(corpus)
-            build = time.perf_counter() - start
-            elapsed, cpu, ids = timed_search(lambda q, index=index: index.search(q, args.k)[1], queries, args.repeats)
-            first_bytes = total_bytes = 4 * dim
-            stages_label, first_label = f"{dim}@{args.k}", "float"
-            exact_ids, exact_time, exact_cpu = ids, elapsed, cpu
-            stats = {
-                "num_real": num_real,
-                "num_synthetic": num_synthetic,
-                "synthetic_share": float(np.mean(ids >= num_real)),
-                "queries_with_synthetic": float(np.mean((ids >= num_real).any(axis=1))),
-            }
+        index = FunnelIndex.from_embeddings(corpus, stages=stages, first_stage=kind, **options)
+        build = time.perf_counter() - start
+        memory = index.memory_report()
+        system = System(name, memory.first_stage_bytes_per_vector * len(index), memory.bytes_per_vector, build)
+        first_dim = stages[0][0]
+        if kind in ("hnsw", "int8_hnsw", "binary_hnsw"):
+            grid = [(ef, s) for ef in FUNNEL_EFS for s in (ef // 2, ef)]
+        elif kind == "ivf":
+            grid = [(p, s) for p in NPROBES for s in (100, 200, 400)]
         else:
-            # Variants that differ only in shortlist sizes share one index (same first-stage codes, same prefix norms).
-            key = (variant.first_stage, variant.stages[0][0], tuple(d for d, _ in variant.stages[1:]))
-            if key not in built:
-                built.clear()  # one funnel index in memory at a time
-                built[key] = (
-                    FunnelIndex.from_embeddings(corpus, stages=variant.stages, first_stage=variant.first_stage),
-                    time.perf_counter() - start,
-                )
-            index, build = built[key]
-            index.stages = validate_stages(variant.stages, index.full_dim, variant.first_stage)
-            elapsed, cpu, ids = timed_search(lambda q, index=index: index.search(q, args.k)[1], queries, args.repeats)
-            memory = index.memory_report()
-            first_bytes, total_bytes = memory.first_stage_bytes_per_vector, memory.bytes_per_vector
-            stages_label = " -> ".join(f"{d}@{s}" for d, s in variant.stages) + f" -> {dim}@{args.k}"
-            first_label = variant.first_stage
+            grid = [(None, s) for s in SHORTLISTS]
+        for setting, shortlist in grid:
+            option = {"ef_search": setting} if kind in ("hnsw", "int8_hnsw", "binary_hnsw") else {"nprobe": setting}
+            index.set_search_params(stages=[(first_dim, shortlist)], **(option if setting else {}))
+            label = (f"{next(iter(option))} {setting}, " if setting else "") + f"shortlist {shortlist}"
+            point = timed_point(lambda q, index=index: index.search(q, k=k)[1], queries, exact, repeats, label)
+            system.points.append(point)
+            logger.info("%s: %s", name, point)
+        if kind not in ("float", "binary"):
+            try:
+                result = index.tune(tune_queries, target_recall=target, k=k)
+            except ValueError as error:
+                system.tuned = {"error": str(error)}
+                logger.info("%s: %s", name, error)
+                systems.append(system)
+                continue
+            point = timed_point(lambda q, index=index: index.search(q, k=k)[1], queries, exact, repeats, "tuned")
+            system.tuned = {
+                "stages": result.stages,
+                "ef_search": result.ef_search,
+                "nprobe": result.nprobe,
+                "tune_recall": result.tune_recall,
+                "holdout_recall": result.holdout_recall,
+                "holdout_qps": result.holdout_speed.queries_per_second,
+                "num_tune": result.num_tune_queries,
+                "num_holdout": result.num_holdout_queries,
+                "eval": point,
+            }
+            logger.info("%s tuned: %s", name, system.tuned)
+        systems.append(system)
         del index
-        recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ids, exact_ids)]))
-        # Of the exact top-k ids that are real vectors, the share found: do the misses fall on real texts?
-        real_hits = sum(len(set(a) & {i for i in b if i < num_real}) for a, b in zip(ids, exact_ids))
-        real_recall = real_hits / max(1, int(np.sum(exact_ids < num_real)))
-        speedup = exact_time / elapsed
-        row = {
-            "model": name,
-            "method": variant.label,
-            "stages": stages_label,
-            "first stage": first_label,
-            "QPS": len(queries) / elapsed,
-            "speedup": speedup,
-            "CPU ms/query": 1000 * cpu / len(queries),
-            "CPU speedup": exact_cpu / cpu,
-            f"recall@{args.k}": recall,
-            f"recall@{args.k} (real ids)": real_recall,
-            "meets target": "-"
-            if variant.stages is None
-            else ("**yes**" if speedup >= 10 and recall >= 0.99 else "no"),
-            "bytes/vec (1st stage)": first_bytes,
-            "bytes/vec (total)": total_bytes,
-            "index MB": total_bytes * len(corpus) / 1e6,
-            "1st stage MB": first_bytes * len(corpus) / 1e6,
-            "build s": build,
-        }
-        logger.info("%s", row)
-        rows.append(row)
-    built.clear()
-    del corpus
-    return rows, stats
+    return systems
+
+
+def best_at(system: System, target: float) -> dict | None:
+    """The fastest point of ``system`` with recall >= ``target``."""
+    points = [p for p in system.points if p["recall"] >= target]
+    return max(points, key=lambda p: p["qps"]) if points else None
+
+
+def render(model_name: str, systems: list[System], n: int, target: float) -> list[str]:
+    exact_qps = systems[0].points[0]["qps"]
+    hnsw = next(s for s in systems if s.name.startswith("HNSW"))
+    hnsw_best = best_at(hnsw, target)
+    lines = [
+        f"### {model_name}: fastest setting with recall@10 >= {target}",
+        "",
+        "| system | setting | q/s | vs exact | vs HNSW 384 at >= its recall | p50 ms | p99 ms | recall@10 | searched "
+        "index MB | searched bytes/vec | total bytes/vec | build s | targets: >= 10x exact / >= 1.5x HNSW / <= 1/4 "
+        "HNSW bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for system in systems:
+        point = best_at(system, target)
+        if point is None:
+            top = max(system.points, key=lambda p: p["recall"])
+            lines.append(
+                f"| {system.name} | never reaches {target} (best {top['recall']:.3f} at {top['setting']}, "
+                f"{top['qps']:,.0f} q/s) | | | | | | | {system.index_bytes / 1e6:,.1f} | {system.index_bytes / n:,.0f} "
+                f"| {system.total_bytes_per_vector:,.0f} | {system.build_s:.1f} | |"
+            )
+            continue
+        # HNSW's fastest setting whose recall is at least this point's: the comparison "at equal recall".
+        hnsw_match = best_at(hnsw, point["recall"])
+        versus = f"{point['qps'] / hnsw_match['qps']:.2f}x" if hnsw_match else "n/a (HNSW never as high)"
+        beats_hnsw = hnsw_match is None or point["qps"] >= 1.5 * hnsw_match["qps"]
+        targets = " / ".join(
+            "yes" if met else "no"
+            for met in (point["qps"] >= 10 * exact_qps, beats_hnsw, system.index_bytes <= hnsw.index_bytes / 4)
+        )
+        lines.append(
+            f"| {system.name} | {point['setting']} | {point['qps']:,.0f} | {point['qps'] / exact_qps:.1f}x | {versus} "
+            f"| {point['p50_ms']:.2f} | {point['p99_ms']:.2f} | {point['recall']:.4f} | {system.index_bytes / 1e6:,.1f} "
+            f"| {system.index_bytes / n:,.0f} | {system.total_bytes_per_vector:,.0f} | {system.build_s:.1f} "
+            f"| {targets if system not in (systems[0], hnsw) else ''} |"
+        )
+    tuned = [s for s in systems if s.tuned]
+    if tuned:
+        lines += [
+            "",
+            f"`FunnelIndex.tune(target_recall={target}, k=10)` on the tuning queries (its own split: tuning / held "
+            "back), then the kept schedule on the evaluation queries:",
+            "",
+            "| system | kept schedule | tune recall | held-back recall | evaluation recall | evaluation q/s | p50 ms | "
+            "p99 ms | meets target within 0.005 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for system in tuned:
+            if "error" in system.tuned:
+                lines.append(f"| {system.name} | none: {system.tuned['error']} | | | | | | | **no** |")
+                continue
+            t, e = system.tuned, system.tuned["eval"]
+            setting = (
+                f"ef_search {t['ef_search']}" if t["ef_search"] else (f"nprobe {t['nprobe']}" if t["nprobe"] else "")
+            )
+            meets = "yes" if min(t["holdout_recall"], e["recall"]) >= target - 0.005 else "**no**"
+            lines.append(
+                f"| {system.name} | {t['stages']} {setting} | {t['tune_recall']:.4f} ({t['num_tune']} q) | "
+                f"{t['holdout_recall']:.4f} ({t['num_holdout']} q) | {e['recall']:.4f} | {e['qps']:,.0f} | "
+                f"{e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {meets} |"
+            )
+    if hnsw_best:
+        lines += [
+            "",
+            f"HNSW 384 reference at >= {target}: {hnsw_best['setting']}, {hnsw_best['qps']:,.0f} q/s, "
+            f"recall {hnsw_best['recall']:.4f}, {hnsw.index_bytes / n:,.0f} bytes/vec.",
+        ]
+    return lines
+
+
+def plot(results: dict, path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(8 * len(results), 6), squeeze=False)
+    for ax, (model_name, systems) in zip(axes[0], results.items()):
+        for system in systems:
+            points = sorted(system.points, key=lambda p: p["recall"])
+            # The Pareto frontier: for each point, nothing both faster and more accurate.
+            frontier = [
+                p for p in points if not any(o["qps"] > p["qps"] and o["recall"] >= p["recall"] for o in points)
+            ]
+            style = "o" if len(frontier) == 1 else "o-"
+            ax.plot([p["qps"] for p in frontier], [p["recall"] for p in frontier], style, label=system.name, ms=3)
+        ax.axhline(target, color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("queries/s (batch, 2 threads)")
+        ax.set_ylabel("recall@10 vs exact 384-dim")
+        ax.set_ylim(0.7, 1.001)
+        ax.set_title(model_name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def environment(threads: int) -> list[str]:
@@ -260,57 +330,32 @@ def environment(threads: int) -> list[str]:
     import sentence_transformers
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    try:
-        simd = faiss.get_compile_options()
-    except AttributeError:
-        simd = "?"
     return [
-        f"- machine: {cpu}, {os.cpu_count()} cores visible, {threads} FAISS/torch threads for every variant; "
-        f"load average at the start {os.getloadavg()[0]:.1f} (the cores are shared with other jobs)",
-        f"- python {platform.python_version()}, faiss {faiss.__version__} ({simd.strip()}), torch {torch.__version__}, "
-        f"numpy {np.__version__}, sentence-transformers {sentence_transformers.__version__}",
+        f"- machine: {cpu}, {os.cpu_count()} cores visible, {threads} FAISS/torch threads for every system; load "
+        f"average at the start {os.getloadavg()[0]:.1f} (the cores are shared with other jobs: wall-clock q/s is noisy)",
+        f"- python {platform.python_version()}, faiss {faiss.__version__} ({faiss.get_compile_options().strip()}), torch {torch.__version__}, numpy "
+        f"{np.__version__}, sentence-transformers {sentence_transformers.__version__}",
     ]
-
-
-def render(rows: list[dict]) -> list[str]:
-    columns = list(rows[0])
-    fmt = {
-        "QPS": "{:,.1f}",
-        "speedup": "{:.1f}x",
-        "CPU ms/query": "{:.2f}",
-        "CPU speedup": "{:.1f}x",
-        "bytes/vec (1st stage)": "{:g}",
-        "bytes/vec (total)": "{:g}",
-        "index MB": "{:,.0f}",
-        "1st stage MB": "{:,.0f}",
-        "build s": "{:.1f}",
-    }
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [fmt.get(c, "{:.3f}" if isinstance(row[c], float) else "{}").format(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--model", default=None, help="Base model (default: the bundled all-MiniLM-L6-v2).")
-    parser.add_argument("--finetuned", default=None, help="A Matryoshka-fine-tuned model: adds its rows.")
-    parser.add_argument("--num-positives", type=int, default=12_000, help="Real `positive` texts to encode.")
-    parser.add_argument("--num-anchors", type=int, default=12_000, help="Real `anchor` texts to encode.")
-    parser.add_argument("--num-vectors", type=int, default=1_000_000, help="Fill up to this many with distractors.")
-    parser.add_argument("--num-queries", type=int, default=300)
+    parser.add_argument("--finetuned", default=None, help="A Matryoshka-fine-tuned model: adds its systems.")
+    parser.add_argument("--limit", type=int, default=None, help="Corpus texts (default: all 355,847).")
+    parser.add_argument("--encode", action="store_true", help="Encode missing chunks (default: use the cache).")
+    parser.add_argument("--tune-queries", type=int, default=1000, help="Dev queries given to tune; rest evaluate.")
+    parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--repeats", type=int, default=3, help="Timed searches per variant; the median is kept.")
-    parser.add_argument("--variants", type=parse_variants, default=DEFAULT_VARIANTS, help="kind:dim:n,dim:n;...")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="Timed batch searches per setting; the best is kept.")
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=HERE / ".cache")
@@ -323,62 +368,63 @@ def main(argv: list[str] | None = None) -> int:
 
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    base_default = bundled_model_path_or_none()
-    model = args.model or base_default
-    models = [("all-MiniLM-L6-v2 (base)" if model == base_default else f"{model} (base)", model)]
+    if args.model is None:
+        from matryoshka_st._bundled import bundled_model_path
+
+        args.model = bundled_model_path()
+    models = [("all-MiniLM-L6-v2 (base)", args.model)]
     if args.finetuned:
         models.append(("MiniLM + Matryoshka fine-tuning", args.finetuned))
-
-    positives, anchors, query_texts = load_texts(
-        args.data, args.num_positives, args.num_anchors, args.num_queries, args.seed
-    )
     command = " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
-    environment_lines = environment(args.threads)
-    rows, stats = [], {}
-    for name, path in models:
-        model_rows, stats[name] = bench_model(args, name, path, [positives, anchors], query_texts)
-        rows.extend(model_rows)
-    any_stats = next(iter(stats.values()))
-    num_real, num_synthetic = any_stats["num_real"], any_stats["num_synthetic"]
     lines = [
-        "# Funnel search vs exact full-dim search",
+        "# Funnel search vs full-dim HNSW, exact search and binary rescoring (real embeddings)",
         "",
         f"`{command}`",
         "",
-        f"- corpus: {num_real + num_synthetic:,} vectors = **{num_real:,} real** ({len(positives):,} unique `positive` "
-        f"+ {len(anchors):,} unique `anchor` texts of train/pairs.jsonl.gz, seeded sample, max_seq_length "
-        f"{args.max_seq_length}) + **{num_synthetic:,} synthetic distractors** (ids >= {num_real:,}): samples of a "
-        "Gaussian fitted to each model's real embeddings (mean + full covariance), renormalised",
-        f"- queries: {len(query_texts):,} held-out dev queries (dev/*/queries.jsonl, not in the corpus), searched as one "
-        f"batch; recall@{args.k} is the overlap with exact full-dim `faiss.IndexFlatIP` top-{args.k} over all "
-        f"{num_real + num_synthetic:,} vectors",
-        *(
-            f"- {name}: {s['synthetic_share']:.1%} of the exact top-{args.k} ids are synthetic "
-            f"({s['queries_with_synthetic']:.0%} of queries have at least one)"
-            for name, s in stats.items()
-        ),
-        f"- timing: median of {args.repeats} searches of the whole batch after a warm-up search; QPS and speedup "
-        "from wall time, CPU ms/query from process CPU time; stages read `dim@shortlist`; "
-        f"meets target = speedup >= 10x and recall@{args.k} >= 0.99",
-        *environment_lines,
+    ]
+    lines += environment(args.threads)
+    results, raw = {}, {}
+    for model_name, path in models:
+        corpus, queries, num_texts = encode_all(
+            args.data, path, args.cache_dir, args.max_seq_length, args.limit, encode_missing=args.encode
+        )
+        corpus = np.ascontiguousarray(corpus, dtype=np.float32)
+        order = np.random.default_rng(args.seed).permutation(len(queries))
+        tune_queries = np.ascontiguousarray(queries[order[: args.tune_queries]])
+        eval_queries = np.ascontiguousarray(queries[order[args.tune_queries :]])
+        exact = faiss.knn(eval_queries, corpus, args.k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+        logger.info(
+            "%s: %d vectors, %d tuning + %d evaluation queries",
+            model_name,
+            len(corpus),
+            len(tune_queries),
+            len(eval_queries),
+        )
+        systems = bench_peers(corpus, eval_queries, exact, args.k, args.repeats)
+        systems += bench_funnels(corpus, eval_queries, tune_queries, exact, args.k, args.repeats, args.target_recall)
+        results[model_name] = systems
+        raw[model_name] = [vars(s) for s in systems]
+        lines += [
+            "",
+            f"- {model_name}: corpus **{len(corpus):,} real vectors** (the dev corpora + a seeded random sample of the "
+            f"pair texts, {len(corpus) / num_texts:.0%} of all {num_texts:,} unique texts), max_seq_length "
+            f"{args.max_seq_length}; {len(eval_queries):,} evaluation + {len(tune_queries):,} tuning dev queries",
+            "",
+            *render(model_name, systems, len(corpus), args.target_recall),
+        ]
+    png = args.output.with_suffix(".png")
+    lines += [
         "",
-        *render(rows),
+        f"Recall@10 against queries/s, one Pareto curve per system: [{png.name}]({png.name}); every point "
+        f"in [{args.output.with_suffix('.json').name}]({args.output.with_suffix('.json').name}).",
     ]
     table = "\n".join(lines) + "\n"
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(table, encoding="utf-8")
+    args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=float) + "\n", encoding="utf-8")
+    plot(results, png, args.target_recall)
     return 0
-
-
-def bundled_model_path_or_none() -> str | None:
-    try:
-        from matryoshka_st._bundled import bundled_model_path
-
-        return bundled_model_path()
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""``matryoshka-st search build|query``: build a funnel index from a corpus file, query it. The work is done by
-:class:`matryoshka_st.search.FunnelIndex`; this module reads the files and prints.
+"""``matryoshka-st search build|query|tune``: build a funnel index from a corpus file, query it, tune its schedule
+for a recall target. The work is done by :class:`matryoshka_st.search.FunnelIndex`; this module reads the files and
+prints.
 
     matryoshka-st search build --model MODEL --corpus corpus.jsonl --output my_index --stages 64:1000,128:100
+    matryoshka-st search build --corpus corpus.jsonl --output my_index --stages 64:200 --first-stage hnsw --hnsw-m 16
+    matryoshka-st search tune --index my_index --queries queries.jsonl --target-recall 0.99
     matryoshka-st search query --index my_index --query "how do I resize a partition" --k 5
 """
 
@@ -16,6 +19,9 @@ from matryoshka_st.readers import read_texts
 
 logger = logging.getLogger(__name__)
 
+# matryoshka_st.search.first_stage.FIRST_STAGES, spelled out so that `--help` does not import torch and FAISS.
+FIRST_STAGES = ("float", "int8", "binary", "hnsw", "int8_hnsw", "binary_hnsw", "ivf")
+
 
 def parse_stages(value: str) -> list[tuple[int, int]]:
     """``"64:1000,128:100"`` -> ``[(64, 1000), (128, 100)]``."""
@@ -25,6 +31,28 @@ def parse_stages(value: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(
             f"--stages must look like DIM:SHORTLIST[,DIM:SHORTLIST...], e.g. 64:1000,128:100; got {value!r}."
         ) from None
+
+
+def parse_ints(value: str) -> list[int]:
+    """``"16,32,64"`` -> ``[16, 32, 64]``."""
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 16,32,64; got {value!r}."
+        ) from None
+
+
+def _add_first_stage_flags(parser: argparse.ArgumentParser, build: bool) -> None:
+    """HNSW / IVF parameters: all of them for ``build``; the search-time ones (a ``None`` default keeps the
+    index's) for ``query``."""
+    if build:
+        parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (FAISS M).")
+        parser.add_argument("--ef-construction", type=int, default=40, help="HNSW candidate list while building.")
+        parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: 4 * sqrt(N)).")
+    default_ef, default_nprobe = (64, 16) if build else (None, None)
+    parser.add_argument("--ef-search", type=int, default=default_ef, help="HNSW candidate list while searching.")
+    parser.add_argument("--nprobe", type=int, default=default_nprobe, help="IVF lists scanned per query.")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,7 +68,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--output", required=True, help="Index folder to write.")
     build.add_argument("--model", default=None, help="Model path or Hub id (default: the bundled all-MiniLM-L6-v2).")
     build.add_argument("--stages", type=parse_stages, default=[(64, 1000), (128, 100)], help="DIM:SHORTLIST,...")
-    build.add_argument("--first-stage", choices=["float", "int8", "binary"], default="float")
+    build.add_argument(
+        "--first-stage",
+        choices=FIRST_STAGES,
+        default="float",
+        help="Flat: float, int8, binary. Sublinear: hnsw, int8_hnsw, binary_hnsw (HNSW graphs), ivf (inverted file).",
+    )
+    _add_first_stage_flags(build, build=True)
     build.add_argument("--full-dim", type=int, default=None, help="Dim of the final rerank (default: the model's).")
     build.add_argument("--text-field", default="text", help="JSON field holding the text.")
     build.add_argument("--id-field", default=None, help="JSON field holding the id (default: _id or id).")
@@ -60,6 +94,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     query.add_argument("--output", default=None, help="Write JSON lines here instead of stdout.")
     query.add_argument("--batch-size", type=int, default=32)
     query.add_argument("--mmap", action="store_true", help="Memory-map the full-dim vectors instead of loading them.")
+    query.add_argument("--stages", type=parse_stages, default=None, help="Override the index's shortlists.")
+    _add_first_stage_flags(query, build=False)
+
+    tune = actions.add_parser(
+        "tune", help="Pick the fastest schedule meeting a recall target on sample queries; save it in the index."
+    )
+    tune.add_argument("--index", required=True, help="Index folder written by 'search build'.")
+    tune.add_argument(
+        "--queries", required=True, help="Sample queries: .txt, .jsonl[.gz] (encoded with --model) or .npy vectors."
+    )
+    tune.add_argument("--model", default=None, help="Model for text queries (default: the index's).")
+    tune.add_argument("--text-field", default="text")
+    tune.add_argument("--target-recall", type=float, default=0.99, help="Recall@k against exact search to meet.")
+    tune.add_argument("--k", type=int, default=10)
+    tune.add_argument("--max-queries", type=int, default=1000, help="Use at most this many queries (seeded sample).")
+    tune.add_argument("--holdout-fraction", type=float, default=0.5, help="Share of queries held back to report.")
+    tune.add_argument("--first-dims", type=parse_ints, default=None, help="First-stage dims to try (rebuilds).")
+    tune.add_argument("--shortlists", type=parse_ints, default=None, help="Shortlist sizes to try.")
+    tune.add_argument("--ef-searches", type=parse_ints, default=None, help="HNSW efSearch values to try.")
+    tune.add_argument("--nprobes", type=parse_ints, default=None, help="IVF nprobe values to try.")
+    tune.add_argument("--rerank-dims", type=parse_ints, default=[], help="Intermediate rerank dims to try.")
+    tune.add_argument("--output", default=None, help="Folder for the tuned index (default: overwrite --index).")
+    tune.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
     return parser
 
@@ -79,7 +136,7 @@ def _load_model(name_or_path: str | None, max_seq_length: int | None = None):
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return _build(args) if args.action == "build" else _query(args)
+        return {"build": _build, "query": _query, "tune": _tune}[args.action](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"matryoshka-st search {args.action}: error: {error}", file=sys.stderr)
         return 2
@@ -99,6 +156,11 @@ def _build(args: argparse.Namespace) -> int:
         doc_ids=ids,
         batch_size=args.batch_size,
         model_name_or_path=name,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
     )
     index.save(args.output)
     memory = index.memory_report()
@@ -117,6 +179,7 @@ def _query(args: argparse.Namespace) -> int:
     from matryoshka_st.search import FunnelIndex
 
     index = FunnelIndex.load(args.index, mmap=args.mmap)
+    index.set_search_params(stages=args.stages, ef_search=args.ef_search, nprobe=args.nprobe)
     if args.query:
         query_ids, queries = [str(i) for i in range(len(args.query))], args.query
     else:
@@ -139,4 +202,54 @@ def _query(args: argparse.Namespace) -> int:
             out.close()
     if args.output:
         logger.info("Wrote results for %d queries to %s.", len(queries), args.output)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from matryoshka_st.search import FunnelIndex
+
+    index = FunnelIndex.load(args.index)
+    if str(args.queries).endswith(".npy"):
+        queries, model = np.load(args.queries), None
+    else:
+        queries = read_texts(args.queries, args.text_field)[1]
+        model = None
+    if args.max_queries < len(queries):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(queries), args.max_queries, replace=False))
+        queries = queries[keep] if isinstance(queries, np.ndarray) else [queries[i] for i in keep]
+    if not isinstance(queries, np.ndarray):
+        model, _ = _load_model(args.model or index.model_name_or_path)
+    result = index.tune(
+        queries,
+        target_recall=args.target_recall,
+        k=args.k,
+        holdout_fraction=args.holdout_fraction,
+        first_dims=args.first_dims,
+        shortlists=args.shortlists,
+        ef_searches=args.ef_searches,
+        nprobes=args.nprobes,
+        rerank_dims=args.rerank_dims,
+        model=model,
+        seed=args.seed,
+    )
+    index.save(args.output or args.index)
+    summary = {name: value for name, value in result.to_dict().items() if name != "candidates"}
+    print(json.dumps(summary, indent=2))
+    logger.info(
+        "Kept stages %s (ef_search %s, nprobe %s): recall@%d %.4f on %d held-back queries (target %.3f), %.0f q/s, "
+        "p50 %.2f ms, p99 %.2f ms; wrote %s.",
+        result.stages,
+        result.ef_search,
+        result.nprobe,
+        result.k,
+        result.holdout_recall,
+        result.num_holdout_queries,
+        result.target_recall,
+        result.holdout_speed.queries_per_second,
+        result.holdout_speed.latency_p50_ms,
+        result.holdout_speed.latency_p99_ms,
+        args.output or args.index,
+    )
     return 0

@@ -97,3 +97,65 @@ def test_console_subcommand_query(tmp_path, model_dir, beir_corpus):
     assert [r["query_id"] for r in records] == ["0", "1"]
     assert all(len(r["ids"]) == 2 and set(r["ids"]) <= {f"d{i}" for i in range(len(TEXTS))} for r in records)
     assert all(np.all(np.diff(r["scores"]) <= 0) for r in records)
+
+
+def test_first_stage_choices_match_the_library():
+    from matryoshka_st.cli.search import FIRST_STAGES as CLI_STAGES
+    from matryoshka_st.search.first_stage import FIRST_STAGES
+
+    assert CLI_STAGES == FIRST_STAGES
+
+
+def test_build_hnsw_query_with_overrides(tmp_path, model_dir, beir_corpus, tiny_model, capsys):
+    index_dir = tmp_path / "index"
+    argv = ["search", "build", "--model", str(model_dir), "--corpus", str(beir_corpus), "--output", str(index_dir)]
+    argv += ["--stages", "16:5", "--first-stage", "hnsw", "--hnsw-m", "4", "--ef-construction", "20"]
+    assert main([*argv, "--ef-search", "33"]) == 0
+    index = FunnelIndex.load(index_dir)
+    assert (index.params.kind, index.params.hnsw_m, index.params.ef_construction, index.params.ef_search) == (
+        "hnsw",
+        4,
+        20,
+        33,
+    )
+    query = ["search", "query", "--index", str(index_dir), "--query", "a dog", "--k", "6"]
+    assert main([*query, "--stages", "16:6", "--ef-search", "50"]) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    _, expected = FunnelIndex.load(index_dir).search(tiny_model.encode(["a dog"]), k=5)
+    assert record["ids"][:5] == [f"d{i}" for i in expected[0]] or len(record["ids"]) == 6
+    assert sorted(record["ids"]) == sorted(f"d{i}" for i in range(len(TEXTS)))  # a 6-text corpus, k=6: all of it
+    assert main([*argv, "--ef-search", "0"]) == 2
+    assert "ef_search must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_console_subcommand_tune(tmp_path, model_dir, tiny_model):
+    rng = np.random.default_rng(0)
+    dim = tiny_model.get_sentence_embedding_dimension()
+    scale = np.linspace(2.0, 0.3, dim)  # a Matryoshka-like spectrum: the 16-dim prefix carries most of the signal
+    corpus = (rng.normal(size=(500, dim)) * scale).astype(np.float32)
+    FunnelIndex.from_embeddings(corpus, stages=[(16, 50)], first_stage="hnsw", hnsw_m=8).save(tmp_path / "index")
+    queries = tmp_path / "queries.npy"
+    np.save(queries, (corpus[:100] + 0.3 * rng.normal(size=(100, dim)) * scale).astype(np.float32))
+    result = subprocess.run(
+        [sys.executable, "-m", "matryoshka_st", "search", "tune", "--index", str(tmp_path / "index")]
+        + ["--queries", str(queries), "--target-recall", "0.9", "--k", "5", "--output", str(tmp_path / "tuned")]
+        + ["--shortlists", "5,10,20,50,100,200", "--ef-searches", "16,64,256"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    tuned = FunnelIndex.load(tmp_path / "tuned")
+    assert summary["tune_recall"] >= 0.9 and summary["num_holdout_queries"] == 50
+    assert [list(s) for s in tuned.stages] == summary["stages"] and tuned.params.ef_search == summary["ef_search"]
+    assert tuned.tuning["target_recall"] == 0.9
+
+
+def test_tune_reports_bad_arguments(tmp_path, capsys):
+    FunnelIndex.from_embeddings(np.eye(16, dtype=np.float32), stages=[(8, 10)]).save(tmp_path / "index")
+    np.save(tmp_path / "q.npy", np.eye(16, dtype=np.float32))
+    argv = ["search", "tune", "--index", str(tmp_path / "index"), "--queries", str(tmp_path / "q.npy")]
+    assert main([*argv, "--target-recall", "2"]) == 2
+    assert "target_recall must be a number in [0.0, 1.0], got 2.0" in capsys.readouterr().err

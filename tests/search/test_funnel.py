@@ -112,10 +112,11 @@ def test_memory_report(corpus, first_stage, first_bytes):
     index = FunnelIndex.from_embeddings(corpus, stages=[(16, 100), (32, 30)], first_stage=first_stage)
     report = index.memory_report()
     rerank = 4 * DIM + 4  # float32 vectors + one prefix norm for the 32-dim stage
-    assert report.first_stage_bytes_per_vector == first_bytes
+    # Measured from the FAISS index as serialised: the codes plus a header (and int8 ranges) of a few hundred bytes.
+    assert first_bytes <= report.first_stage_bytes_per_vector <= first_bytes + 300 / len(corpus)
     assert report.rerank_bytes_per_vector == rerank
-    assert index.bytes_per_vector() == first_bytes + rerank
-    assert report.total_bytes == (first_bytes + rerank) * len(corpus)
+    assert index.bytes_per_vector() == report.first_stage_bytes_per_vector + rerank
+    assert report.total_bytes == round(index.bytes_per_vector() * len(corpus))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,34 @@
+"""Query and corpus inputs of a funnel index: float matrices (numpy, torch or a memory map) and encoded texts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+def as_float_matrix(embeddings, name: str) -> np.ndarray:
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = embeddings.detach().cpu().float().numpy()
+    if not isinstance(embeddings, np.ndarray):  # keeps a np.memmap as it is
+        embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d array (num, dim), got shape {embeddings.shape}.")
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise ValueError(f"{name} must be float embeddings, got dtype {embeddings.dtype}.")
+    return embeddings
+
+
+def encode(model: SentenceTransformer, texts: list[str], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+    truncate_dim = getattr(model, "truncate_dim", None)
+    try:
+        model.truncate_dim = None  # the index truncates itself; it needs the full vectors
+        return model.encode(
+            texts, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True
+        ).astype(np.float32)
+    finally:
+        model.truncate_dim = truncate_dim

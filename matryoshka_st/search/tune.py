@@ -1,0 +1,296 @@
+"""Tune a funnel for a recall target, and measure search speed (batch queries/s, single-query latency).
+
+FAISS computes the exact ground truth (brute force at the full dim) and every first-stage shortlist. What this module
+adds is the search over schedules: for each first-stage setting (prefix dim, ``ef_search`` or ``nprobe``) it searches
+one candidate pool and evaluates every shorter shortlist as a prefix of that pool, which is exactly what FAISS
+returns for the shorter shortlist with the same setting (the best ``S`` of the same candidates; with Hamming
+distances, up to which of several tied candidates is cut). The cheapest shortlist meeting the target per setting is
+then timed, and the fastest kept; the held-back recall is measured with real searches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from numbers import Integral, Real
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from matryoshka_st.dims import truncate_numpy
+from matryoshka_st.search.first_stage import HNSW_STAGES, build_first_stage, import_faiss
+from matryoshka_st.search.stages import validate_stages
+
+if TYPE_CHECKING:
+    from matryoshka_st.search.funnel import FunnelIndex
+
+logger = logging.getLogger(__name__)
+
+SHORTLIST_MULTIPLIERS = (1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200)
+EF_SEARCHES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+@dataclass(frozen=True)
+class SpeedReport:
+    """Batch throughput and single-query latency of one search setting."""
+
+    queries_per_second: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    num_queries: int
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune_index` chose and measured; ``candidates`` lists every timed schedule that met the target."""
+
+    stages: list[tuple[int, int]]
+    ef_search: int | None
+    nprobe: int | None
+    target_recall: float
+    k: int
+    tune_recall: float
+    holdout_recall: float
+    holdout_speed: SpeedReport
+    num_tune_queries: int
+    num_holdout_queries: int
+    candidates: list[dict]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_speed(
+    search: Callable[[np.ndarray], object], queries: np.ndarray, repeats: int = 3, num_single: int = 200
+) -> SpeedReport:
+    """Queries/s of ``search`` on the whole ``queries`` batch (best of ``repeats``, after a warm-up) and the p50 /
+    p99 latency of ``num_single`` one-query searches.
+
+    Example:
+        >>> import numpy as np
+        >>> report = measure_speed(lambda q: q @ q.T, np.ones((8, 4), dtype="float32"), num_single=4)
+        >>> report.num_queries, report.queries_per_second > 0
+        (8, True)
+    """
+    search(queries[: min(len(queries), 32)])
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        search(queries)
+        best = min(best, time.perf_counter() - start)
+    latencies = []
+    for row in range(min(num_single, len(queries))):
+        start = time.perf_counter()
+        search(queries[row : row + 1])
+        latencies.append(time.perf_counter() - start)
+    latencies = latencies or [float("nan")]
+    return SpeedReport(
+        queries_per_second=len(queries) / max(best, 1e-9),
+        latency_p50_ms=1000 * float(np.percentile(latencies, 50)),
+        latency_p99_ms=1000 * float(np.percentile(latencies, 99)),
+        num_queries=len(queries),
+    )
+
+
+def exact_top_k(corpus: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids ``(Q, k)`` of the exact top ``k`` by inner product (FAISS brute force; ``corpus`` may be a mmap)."""
+    faiss = import_faiss()
+    _, ids = faiss.knn(
+        np.ascontiguousarray(queries, dtype=np.float32),
+        np.ascontiguousarray(corpus, dtype=np.float32),
+        k,
+        metric=faiss.METRIC_INNER_PRODUCT,
+    )
+    return ids
+
+
+def recall_at_k(ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean share of each row of ``exact_ids`` ``(Q, k)`` found in the same row of ``ids``."""
+    k = exact_ids.shape[1]
+    hits = (ids[:, :k, None] == exact_ids[:, None, :]).any(axis=1).sum(axis=1)
+    return float(np.mean(hits / k))
+
+
+def _check(name: str, value, low: float, high: float, integer: bool = True) -> None:
+    kind = Integral if integer else Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        raise ValueError(
+            f"{name} must be {'an integer' if integer else 'a number'} in [{low}, {high}], got {value!r}."
+        )
+
+
+def _grid(name: str, values: Sequence[int] | None, default: Sequence[int], low: int, high: int) -> list[int]:
+    """``values`` checked to lie in ``[low, high]``, or the ``default`` values that do; sorted, unique."""
+    if values is None:
+        checked = sorted({int(v) for v in default if low <= v <= high})
+    else:
+        for value in values:
+            _check(f"each of {name}", value, low, high)
+        checked = sorted({int(v) for v in values})
+    if not checked:
+        raise ValueError(f"{name} has no value in [{low}, {high}]: pass at least one.")
+    return checked
+
+
+def tune_index(
+    index: FunnelIndex,
+    queries,
+    target_recall: float = 0.99,
+    k: int = 10,
+    holdout_fraction: float = 0.5,
+    first_dims: Sequence[int] | None = None,
+    shortlists: Sequence[int] | None = None,
+    ef_searches: Sequence[int] | None = None,
+    nprobes: Sequence[int] | None = None,
+    rerank_dims: Sequence[int] = (),
+    model=None,
+    seed: int = 0,
+) -> TuneResult:
+    """Give ``index`` the fastest schedule whose recall@``k`` meets ``target_recall`` on a sample of ``queries``.
+
+    The queries are split at random: ``1 - holdout_fraction`` of them choose the schedule, the rest (held back)
+    measure its recall and speed. Candidates are every first-stage dim of ``first_dims`` (default: the index's own;
+    another dim builds a new first-stage index), every ``ef_search`` (HNSW) or ``nprobe`` (IVF), shortlist sizes
+    ``shortlists`` and optional rerank stages at ``rerank_dims``. The choice is kept on the index (``index.stages``,
+    ``index.params``) and recorded in ``index.tuning``, which :meth:`FunnelIndex.save` writes.
+
+    Raises:
+        ValueError: on a bad argument or too few queries, before any search.
+
+    Example:
+        >>> import numpy as np
+        >>> from matryoshka_st.search import FunnelIndex
+        >>> rng = np.random.default_rng(0)
+        >>> corpus = rng.normal(size=(2000, 64)).astype("float32")
+        >>> index = FunnelIndex.from_embeddings(corpus, stages=[(16, 100)], first_stage="hnsw")
+        >>> result = index.tune(corpus[:200] + 0.3 * rng.normal(size=(200, 64)), target_recall=0.95, k=10)
+        >>> result.tune_recall >= 0.95
+        True
+    """
+    _check("target_recall", target_recall, 0.0, 1.0, integer=False)
+    _check("k", k, 1, len(index))
+    _check("holdout_fraction", holdout_fraction, 0.0, 1.0, integer=False)
+    queries = index._query_matrix(queries, model, 32, False)  # (Q, full_dim)
+    num_holdout = int(round(len(queries) * holdout_fraction))
+    if num_holdout < 1 or len(queries) - num_holdout < 1:
+        raise ValueError(
+            f"{len(queries)} queries with holdout_fraction={holdout_fraction} leave no tuning or no held-back "
+            "query: pass more queries (a few hundred give a stable recall)."
+        )
+    kind, full_dim, n = index.first_stage, index.full_dim, len(index)
+    current_dim = index.stages[0][0]
+    first_dims = [current_dim] if first_dims is None else _grid("first_dims", first_dims, (), 1, full_dim)
+    shortlists = _grid("shortlists", shortlists, [int(k * m) for m in SHORTLIST_MULTIPLIERS], k, n)
+    if kind in HNSW_STAGES:
+        settings = _grid("ef_searches", ef_searches, EF_SEARCHES, 1, 1 << 16)
+    elif kind == "ivf":
+        settings = _grid("nprobes", nprobes, NPROBES, 1, index._index.nlist)
+    else:
+        settings = [None]
+    for dim in first_dims:
+        for rerank_dim in [None, *rerank_dims]:
+            schedule = [(dim, max(shortlists[-1], k + 1))] + ([(rerank_dim, k)] if rerank_dim else [])
+            validate_stages(schedule, full_dim, kind)
+
+    order = np.random.default_rng(seed).permutation(len(queries))
+    tune_queries, holdout_queries = queries[order[num_holdout:]], queries[order[:num_holdout]]
+    exact = exact_top_k(index.embeddings, tune_queries, k)
+    candidates, indexes = [], {current_dim: index._index}
+    start = time.perf_counter()
+    for dim in first_dims:
+        if dim not in indexes:
+            indexes = {
+                current_dim: index._index,
+                dim: build_first_stage(truncate_numpy(index.embeddings, dim), index.params),
+            }
+        index._index, index.stages = indexes[dim], [(dim, shortlists[-1])]
+        for setting in settings:
+            index.set_search_params(**_setting_kwargs(kind, setting))
+            pool_size = min(setting, n) if kind in HNSW_STAGES else shortlists[-1]
+            pool = index._shortlist(tune_queries, pool_size)  # (Q, P), best first
+            full = torch.from_numpy(index._rescore(tune_queries, pool, full_dim, None))
+            for rerank_dim in [None, *rerank_dims]:
+                found = _cheapest(index, tune_queries, pool, full, exact, shortlists, rerank_dim, target_recall)
+                if found is not None:
+                    stages, recall = found
+                    candidates.append(
+                        {"stages": [(dim, stages[0])] + stages[1:], "setting": setting, "recall": recall}
+                    )
+    logger.info("Evaluated %d candidate schedules in %.1f s.", len(candidates), time.perf_counter() - start)
+    if not candidates:
+        indexes.clear()
+        raise ValueError(
+            f"No schedule reached recall@{k} {target_recall} on the tuning queries: allow longer shortlists, larger "
+            "ef_searches / nprobes, a longer first-stage dim or a lower target."
+        )
+    for candidate in candidates:
+        _apply(index, indexes, kind, candidate)
+        speed = measure_speed(lambda q: index.search(q, k=k), tune_queries, repeats=3, num_single=0)
+        candidate["queries_per_second"] = speed.queries_per_second
+    best = max(candidates, key=lambda c: c["queries_per_second"])
+    _apply(index, indexes, kind, best)
+    index._first_stage_bytes = None
+    holdout_recall = recall_at_k(
+        index.search(holdout_queries, k=k)[1], exact_top_k(index.embeddings, holdout_queries, k)
+    )
+    speed = measure_speed(lambda q: index.search(q, k=k), holdout_queries)
+    result = TuneResult(
+        stages=list(index.stages),
+        ef_search=index.params.ef_search if kind in HNSW_STAGES else None,
+        nprobe=index.params.nprobe if kind == "ivf" else None,
+        target_recall=float(target_recall),
+        k=k,
+        tune_recall=best["recall"],
+        holdout_recall=holdout_recall,
+        holdout_speed=speed,
+        num_tune_queries=len(tune_queries),
+        num_holdout_queries=len(holdout_queries),
+        candidates=candidates,
+    )
+    index.tuning = result.to_dict()
+    return result
+
+
+def _setting_kwargs(kind: str, setting: int | None) -> dict:
+    if kind in HNSW_STAGES:
+        return {"ef_search": setting}
+    return {"nprobe": setting} if kind == "ivf" else {}
+
+
+def _apply(index: FunnelIndex, indexes: dict, kind: str, candidate: dict) -> None:
+    index._index = indexes[candidate["stages"][0][0]]
+    index.stages = [candidate["stages"][0]]  # the new first dim may not fit the old rerank stages
+    index.set_search_params(stages=candidate["stages"], **_setting_kwargs(kind, candidate["setting"]))
+
+
+def _cheapest(index, queries, pool, full, exact, shortlists, rerank_dim, target) -> tuple[list, float] | None:
+    """The shortest shortlist of ``pool`` (and rerank shortlist at ``rerank_dim``) whose recall meets ``target``."""
+    k = exact.shape[1]
+    pool_size = pool.shape[1]
+    if rerank_dim is None:
+        for size in (s for s in shortlists if s <= pool_size):
+            top = torch.topk(full[:, :size], k, dim=1).indices.numpy()
+            recall = recall_at_k(np.take_along_axis(pool, top, axis=1), exact)
+            if recall >= target:
+                return [size], recall
+        return None
+    norms = np.linalg.norm(index.embeddings[np.where(pool < 0, 0, pool).reshape(-1), :rerank_dim], axis=1)
+    mid = torch.from_numpy(
+        index._rescore(queries, pool, rerank_dim, None) / np.maximum(norms, 1e-12).reshape(pool.shape)
+    )
+    best = None
+    for size in (s for s in shortlists if s <= pool_size):
+        for keep in (s for s in shortlists if s < size):
+            kept = torch.topk(mid[:, :size], keep, dim=1).indices
+            top = torch.gather(kept, 1, torch.topk(torch.gather(full, 1, kept), k, dim=1).indices).numpy()
+            recall = recall_at_k(np.take_along_axis(pool, top, axis=1), exact)
+            if recall >= target:
+                cost = size * rerank_dim + keep * index.full_dim
+                if best is None or cost < best[0]:
+                    best = (cost, [size, (rerank_dim, keep)], recall)
+                break
+    return None if best is None else (best[1], best[2])
