@@ -65,7 +65,8 @@ def test_matryoshka_info(trained_model_dir):
     info = matryoshka_info(trained_model_dir)
     assert info["matryoshka"] is True
     assert info["dims"] == [64, 32]
-    assert info["weights"] == [1.0, 1.0]
+    assert info["weights"] == pytest.approx([0.8, 1.2])  # the default recipe
+    assert info["recipe"]["name"] == "pca-share-kl"
     assert info["full_dim"] == 64
     assert info["recommended_truncate_dim"] == metadata["recommended_truncate_dim"] in (64, 32)
     assert info["recommendation"]["metric"] == "heldout_dim_{dim}_cosine_ndcg@10"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from huggingface_hub import constants as hub_constants
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.base.sampler import BatchSamplers
@@ -172,6 +173,12 @@ def _pca_texts(train_dataset: Any, spec: Any, n_texts: int) -> list[str]:
         if len(texts) >= n_texts:
             break
     return list(dict.fromkeys(texts))
+
+
+def _add_identity_rotation(model: SentenceTransformer) -> None:
+    from matryoshka_st.posthoc.pca import insert_before_normalize, rotation_module
+
+    insert_before_normalize(model, [rotation_module(np.eye(full_embedding_dim(model))).to(model.device)])
 
 
 def _rotate_by_pca(model: SentenceTransformer, texts: list[str], when: str) -> None:
@@ -347,8 +354,11 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     recipe = config.matryoshka.resolved_recipe()
     logger.info("Recipe %r: %s", recipe.name, recipe.to_dict())
     pca_texts = _pca_texts(train_dataset, spec, config.matryoshka.init_texts)
-    if recipe.init == "pca" and resume is None:
-        _rotate_by_pca(model, pca_texts, "a PCA start")
+    if recipe.init == "pca":
+        if resume is None:
+            _rotate_by_pca(model, pca_texts, "a PCA start")
+        else:  # the checkpoint holds the rotation: give the model the module it is loaded into
+            _add_identity_rotation(model)
     loss = _build_loss(model, spec, config, recipe)
     dims = loss.matryoshka_dims
     plan = eval_plan(config, dims, spec, eval_dataset)

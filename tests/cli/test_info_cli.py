@@ -25,7 +25,7 @@ def test_info_prints_dims_weights_and_recommendation(trained_model_dir, capsys):
     out = capsys.readouterr().out
     assert "full dim:                 64" in out
     assert "dims:                     64 32" in out
-    assert "weights:                  1 1" in out
+    assert "weights:                  0.8 1.2" in out  # the default recipe: the full dim holds 0.4 of the weight
     assert f"recommended truncate_dim: {recommended}" in out
     assert f"chosen from:              heldout_cosine_ndcg@10 (keep >= {threshold:.0%} of full): 64: " in out
     assert "loss:                     MatryoshkaLoss(MultipleNegativesRankingLoss)" in out

@@ -61,7 +61,7 @@ def test_push_dry_run_lists_the_folder(trained_model_dir, tmp_path, capsys, no_n
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert f"Dry run: nothing uploaded. 12 files for you/tiny-matryoshka written to {out}:" in printed
+    assert f"Dry run: nothing uploaded. 14 files for you/tiny-matryoshka written to {out}:" in printed
     listed = [line.split("  (")[0].strip() for line in printed.splitlines()[1:]]
     assert listed == sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert "README.md" in listed and "matryoshka_quality_vs_dim.png" in listed
@@ -97,7 +97,7 @@ def test_push_console_script_dry_run(trained_model_dir, tmp_path):
     args = [*command, "push", trained_model_dir, "--repo-id", "you/tiny", "--dry-run", str(out)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Dry run: nothing uploaded. 11 files for you/tiny" in result.stdout
+    assert "Dry run: nothing uploaded. 13 files for you/tiny" in result.stdout
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
     assert TOKEN not in result.stdout + result.stderr
     assert not any(TOKEN.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
