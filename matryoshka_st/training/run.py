@@ -296,7 +296,8 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     model = _load_model(config)
     recipe = config.matryoshka.resolved_recipe()
     logger.info("Recipe %r: %s", recipe.name, recipe.to_dict())
-    pca_texts = _pca_texts(train_dataset, spec, config.matryoshka.init_texts)
+    needs_texts = (recipe.init == "pca" and resume is None) or recipe.pca_after
+    pca_texts = _pca_texts(train_dataset, spec, config.matryoshka.init_texts) if needs_texts else []
     if recipe.init == "pca":
         if resume is None:
             _rotate_by_pca(model, pca_texts, "a PCA start")
