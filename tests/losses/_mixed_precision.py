@@ -68,3 +68,18 @@ def relative_gradient_error(grads: dict[str, torch.Tensor], reference: dict[str,
     diff = torch.sqrt(sum(((grads[k] - reference[k]) ** 2).sum() for k in reference))
     norm = torch.sqrt(sum((reference[k] ** 2).sum() for k in reference))
     return float(diff / norm)
+
+
+def assert_close_to_float32(values, grads, reference, reference_grads, loss_rtol: float, grad_rtol: float) -> None:
+    """Half-precision per-dim losses and gradients against float32: every dim present and finite, each loss within
+    ``loss_rtol`` (relative), all gradients together within ``grad_rtol``."""
+    import math
+
+    import pytest
+
+    assert sorted(values) == sorted(DIMS)
+    for dim in DIMS:
+        assert math.isfinite(values[dim])
+        assert values[dim] == pytest.approx(reference[dim], rel=loss_rtol), dim
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert relative_gradient_error(grads, reference_grads) < grad_rtol
