@@ -53,6 +53,14 @@ def format_info(info: dict) -> str:
             )
         if info["loss"]:
             lines.append(f"loss:                     MatryoshkaLoss({info['loss']})")
+        if info.get("recipe"):
+            recipe = info["recipe"]
+            settings = ", ".join(
+                f"{key} {recipe[key]}"
+                for key in ("init", "distill_weight", "distill_temperature", "full_dim_share", "pca_after")
+                if key in recipe
+            )
+            lines.append(f"recipe:                   {recipe.get('name')} ({settings})")
     if info["default_truncate_dim"] is not None:
         lines.append(f"loads with truncate_dim:  {info['default_truncate_dim']}")
     if info["ends_with_normalize"]:

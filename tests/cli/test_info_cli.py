@@ -26,6 +26,10 @@ def test_info_prints_dims_weights_and_recommendation(trained_model_dir, capsys):
     assert "full dim:                 64" in out
     assert "dims:                     64 32" in out
     assert "weights:                  0.8 1.2" in out  # the default recipe: the full dim holds 0.4 of the weight
+    assert (
+        "recipe:                   pca-share-kl (init pca, distill_weight 1.0, distill_temperature 1.0, "
+        "full_dim_share 0.4, pca_after True)" in out
+    )
     assert f"recommended truncate_dim: {recommended}" in out
     assert f"chosen from:              heldout_cosine_ndcg@10 (keep >= {threshold:.0%} of full): 64: " in out
     assert "loss:                     MatryoshkaLoss(MultipleNegativesRankingLoss)" in out
