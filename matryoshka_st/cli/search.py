@@ -2,6 +2,7 @@
 :class:`matryoshka_st.search.FunnelIndex`; this module reads the files and prints.
 
     matryoshka-st search build --model MODEL --corpus corpus.jsonl --output my_index --stages 64:1000,128:100
+    matryoshka-st search build ... --output my_index --overwrite   # replace an existing index
     matryoshka-st search query --index my_index --query "how do I resize a partition" --k 5
 """
 
@@ -46,6 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--id-field", default=None, help="JSON field holding the id (default: _id or id).")
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--max-seq-length", type=int, default=None)
+    build.add_argument("--overwrite", action="store_true", help="Replace an index already in --output.")
 
     query = actions.add_parser("query", help="Search an index; print or write top-k results as JSON lines.")
     query.add_argument("--index", required=True, help="Index folder written by 'search build'.")
@@ -86,8 +88,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from matryoshka_st.search import FunnelIndex
 
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        raise ValueError(
+            f"--output {args.output!r} exists and is not empty: choose a new folder, or pass --overwrite to replace "
+            "it (the old index stays until the new one is complete)."
+        )
     ids, texts = read_texts(args.corpus, args.text_field, args.id_field)
     model, name = _load_model(args.model, args.max_seq_length)
     index = FunnelIndex.from_model(

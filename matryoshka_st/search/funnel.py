@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from numbers import Integral
@@ -396,8 +399,10 @@ class FunnelIndex:
     def save(self, path: str | Path) -> None:
         """Write the index to the folder ``path``: config JSON, the float32 vectors, prefix norms and FAISS index."""
         faiss = _import_faiss()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # written whole into a sibling folder, then renamed: a reader never sees a half-written index
+        path = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         config = {
             "format_version": FORMAT_VERSION,
             "stages": [list(stage) for stage in self.stages],
@@ -416,6 +421,20 @@ class FunnelIndex:
         else:
             faiss.write_index(self._index, str(path / FIRST_STAGE_NAME))
         (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.chmod(path, 0o777 & ~_umask())  # mkdtemp creates 0700
+        names = {CONFIG_NAME, EMBEDDINGS_NAME, PREFIX_NORMS_NAME, FIRST_STAGE_NAME}
+        if final.is_dir() and any(p.name not in names for p in final.iterdir()):
+            # a folder holding other files too: replace the index files one by one, the config last
+            for name in sorted(names - {CONFIG_NAME}) + [CONFIG_NAME]:
+                os.replace(path / name, final / name)
+            path.rmdir()
+        elif final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.rename(final, old / "index")
+            os.rename(path, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(path, final)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> FunnelIndex:
@@ -438,22 +457,40 @@ class FunnelIndex:
         path = Path(path)
         if not (path / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"No funnel index in {str(path)!r}: expected {CONFIG_NAME} written by save().")
-        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+        rebuild = "rebuild the index with 'matryoshka-st search build ... --overwrite'"
+        try:
+            config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+            if not isinstance(config, dict):
+                raise ValueError(f"a {type(config).__name__}, not an object")
+            first_stage, stages, full_dim = config["first_stage"], config["stages"], config["full_dim"]
+        except (ValueError, KeyError) as error:
+            what = f"lacks the key {error}" if isinstance(error, KeyError) else f"is not valid ({error})"
+            raise ValueError(f"{path / CONFIG_NAME} {what}: {rebuild}.") from None
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} has format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}.")
-        if config["first_stage"] == "binary":
-            first = faiss.read_index_binary(str(path / FIRST_STAGE_NAME))
-        else:
-            first = faiss.read_index(str(path / FIRST_STAGE_NAME))
+        try:
+            if first_stage == "binary":
+                first = faiss.read_index_binary(str(path / FIRST_STAGE_NAME))
+            else:
+                first = faiss.read_index(str(path / FIRST_STAGE_NAME))
+        except RuntimeError as error:  # faiss reports a missing or truncated file as a RuntimeError
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+            raise ValueError(f"{path / FIRST_STAGE_NAME} cannot be read ({reason}): {rebuild}.") from None
+        arrays = {}
+        for name in (EMBEDDINGS_NAME, PREFIX_NORMS_NAME):
+            try:
+                arrays[name] = np.load(path / name, mmap_mode="r" if mmap and name == EMBEDDINGS_NAME else None)
+            except (OSError, ValueError, EOFError) as error:
+                raise ValueError(f"{path / name} cannot be read ({error}): {rebuild}.") from None
         index = cls(
-            np.load(path / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None),
-            config["stages"],
-            full_dim=config["full_dim"],
-            first_stage=config["first_stage"],
+            arrays[EMBEDDINGS_NAME],
+            stages,
+            full_dim=full_dim,
+            first_stage=first_stage,
             doc_ids=config.get("doc_ids"),
             model_name_or_path=config.get("model_name_or_path"),
             _first_stage_index=first,
-            _prefix_norms=np.load(path / PREFIX_NORMS_NAME),
+            _prefix_norms=arrays[PREFIX_NORMS_NAME],
         )
         index.source_dim = config["source_dim"]
         return index
@@ -474,3 +511,9 @@ def _encode(model: SentenceTransformer, texts: list[str], batch_size: int, show_
         ).astype(np.float32)
     finally:
         model.truncate_dim = truncate_dim
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

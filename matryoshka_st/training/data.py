@@ -19,6 +19,7 @@ text, label (int or str)                           BatchAllTripletLoss (batches 
 
 from __future__ import annotations
 
+import gzip
 import inspect
 import json
 import logging
@@ -166,7 +167,37 @@ def _local_files(path: Path) -> tuple[list[str], str]:
             raise DataError(f"Cannot read data file {str(file)!r}: permission denied.")
         if file.stat().st_size == 0:
             raise DataError(f"The data file {str(file)!r} is empty: it needs at least one row.")
+        if _format_of(file) != ".parquet":
+            _check_utf8(file)
     return [str(f) for f in files], _format_of(files[0])
+
+
+def _check_utf8(file: Path) -> None:
+    """Refuse a text file that is not UTF-8 before anything is loaded, naming the line: ``datasets`` reads it
+    anyway and fails only when the rows are first used, after the model has loaded."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{file}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column {error.start + 1}): "
+                    "save the file as UTF-8."
+                ) from None
+
+
+def _jsonl_error_line(files: list[str]) -> str | None:
+    """``FILE:LINE: ...`` of the first line that is not a JSON object, where ``datasets`` gives only an offset."""
+    from matryoshka_st.readers import FormatError, iter_jsonl
+
+    for file in files:
+        try:
+            for _ in iter_jsonl(file):
+                pass
+        except FormatError as error:
+            return str(error)
+    return None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -194,6 +225,9 @@ def load_data(spec: str, split: str = "train", config_name: str | None = None) -
         except Exception as error:  # datasets raises many types for malformed files
             if "corresponds to no data" in str(error):
                 raise DataError(f"The data {spec!r} is empty: it needs at least one row.") from error
+            where = _jsonl_error_line(files) if fmt == ".jsonl" else None
+            if where is not None:
+                raise DataError(f"Cannot parse {spec!r} as jsonl: {where}") from None
             raise DataError(f"Cannot parse {spec!r} as {fmt.lstrip('.')}: {error}") from error
     elif _looks_like_path(spec):
         raise DataError(f"Data file or folder {spec!r} does not exist (resolved to {str(path.resolve())!r}).")
@@ -315,6 +349,12 @@ def infer_loss_spec(dataset: Dataset, loss: str | None = None, loss_kwargs: dict
             name = "MultipleNegativesRankingLoss"
         elif texts[0] == "sentence1" and kind == "float":
             name = "CoSENTLoss"
+        elif texts[0] == "sentence1" and label == "score" and kind == "str":
+            raise DataError(
+                f"Column 'score' holds text (e.g. {dataset[0]['score']!r}), but 'score' means a similarity number "
+                "(CoSENTLoss). Write numbers, or rename it to 'label' with --column_mapping '{\"score\": \"label\"}' "
+                "to train SoftmaxLoss on them as classes."
+            )
         elif texts[0] == "sentence1" and kind in ("int", "str"):
             name = "SoftmaxLoss"
         elif texts == ["text"] and kind in ("int", "str"):
