@@ -39,7 +39,9 @@ def describe_error(error: BaseException) -> str | None:
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         OfflineModeIsEnabled = ()  # noqa: N806
     if isinstance(error, OfflineModeIsEnabled):
-        return f"no network: {error}. Unset HF_HUB_OFFLINE and check the connection, or use --dry-run."
+        return (
+            f"no network: {str(error).rstrip('.')}. Unset HF_HUB_OFFLINE and check the connection, or use --dry-run."
+        )
     if isinstance(error, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({error}): save it as UTF-8."
     if isinstance(error, FileNotFoundError):
