@@ -167,7 +167,9 @@ def _local_files(path: Path) -> tuple[list[str], str]:
             raise DataError(f"Cannot read data file {str(file)!r}: permission denied.")
         if file.stat().st_size == 0:
             raise DataError(f"The data file {str(file)!r} is empty: it needs at least one row.")
-        if _format_of(file) != ".parquet":
+        if _format_of(file) == ".jsonl":
+            _check_jsonl(file)
+        elif _format_of(file) != ".parquet":
             _check_utf8(file)
     return [str(f) for f in files], _format_of(files[0])
 
@@ -187,17 +189,16 @@ def _check_utf8(file: Path) -> None:
                 ) from None
 
 
-def _jsonl_error_line(files: list[str]) -> str | None:
-    """``FILE:LINE: ...`` of the first line that is not a JSON object, where ``datasets`` gives only an offset."""
+def _check_jsonl(file: Path) -> None:
+    """UTF-8 and one JSON object per line, checked line by line before loading: ``datasets`` reports a bad line as
+    a character offset (after logging it as an error) and bad bytes only when the rows are first used."""
     from matryoshka_st.readers import FormatError, iter_jsonl
 
-    for file in files:
-        try:
-            for _ in iter_jsonl(file):
-                pass
-        except FormatError as error:
-            return str(error)
-    return None
+    try:
+        for _ in iter_jsonl(file):
+            pass
+    except FormatError as error:
+        raise DataError(str(error)) from None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -225,9 +226,6 @@ def load_data(spec: str, split: str = "train", config_name: str | None = None) -
         except Exception as error:  # datasets raises many types for malformed files
             if "corresponds to no data" in str(error):
                 raise DataError(f"The data {spec!r} is empty: it needs at least one row.") from error
-            where = _jsonl_error_line(files) if fmt == ".jsonl" else None
-            if where is not None:
-                raise DataError(f"Cannot parse {spec!r} as jsonl: {where}") from None
             raise DataError(f"Cannot parse {spec!r} as {fmt.lstrip('.')}: {error}") from error
     elif _looks_like_path(spec):
         raise DataError(f"Data file or folder {spec!r} does not exist (resolved to {str(path.resolve())!r}).")
