@@ -49,6 +49,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    return f"{args.output} may be incomplete: run the same command again with --overwrite (the fit is seeded)."
+
+
 def run(args: argparse.Namespace) -> int:
     from matryoshka_st.dims import validate_dims
 

@@ -79,6 +79,15 @@ def _load_model(name_or_path: str | None, max_seq_length: int | None = None):
     return model, name_or_path
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    if args.action == "build":
+        return (
+            f"No index was written to {args.output} (it is renamed into place only when complete): run the same "
+            "command again."
+        )
+    return "Run the query again."
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return _build(args) if args.action == "build" else _query(args)

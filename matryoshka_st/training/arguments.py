@@ -182,7 +182,8 @@ class TrainingArguments(SentenceTransformerTrainingArguments):
         default=False,
         metadata={
             "help": "Train even if output_dir already holds a model or checkpoints: the final model is replaced "
-            "and the old checkpoints are deleted."
+            "and the old checkpoints are deleted once the new run saves its first checkpoint (restored if it fails "
+            "before that)."
         },
     )
 
