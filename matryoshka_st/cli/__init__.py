@@ -44,11 +44,10 @@ def describe_error(error: BaseException) -> str | None:
         )
     if isinstance(error, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({error}): save it as UTF-8."
-    if isinstance(error, FileNotFoundError):
-        name = f" {error.filename!r}" if error.filename else ""
-        return f"no such file or folder{name}: {error.strerror or error}."
-    if isinstance(error, PermissionError):
-        return f"permission denied: {error.filename or error}."
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"no such file or folder: {str(error.filename)!r}."
+    if isinstance(error, PermissionError) and error.filename:
+        return f"permission denied: {str(error.filename)!r}."
     if isinstance(error, (ValueError, OSError)):
         return " ".join(str(error).split()) or type(error).__name__
     return None
