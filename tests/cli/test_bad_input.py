@@ -371,3 +371,30 @@ def test_eval_killed_midway_reruns_to_the_same_scores(world, tmp_path):
     assert rerun.returncode == 0 and clean.returncode == 0, rerun.stderr[-3000:] + clean.stderr[-3000:]
     assert sorted(rerun.stdout.splitlines()) == sorted(clean.stdout.splitlines())
     assert len(clean.stdout.splitlines()) == 15
+
+
+def _raise(error: BaseException):
+    def run(args):
+        raise error
+
+    return run
+
+
+def test_main_turns_ctrl_c_into_one_line_and_keeps_bugs_loud(monkeypatch, capsys, tmp_path):
+    import matryoshka_st.cli.search as search
+    from matryoshka_st.cli import main
+
+    argv = ["search", "build", "--corpus", "c.txt", "--output", str(tmp_path / "index")]
+    monkeypatch.setattr(search, "_build", _raise(KeyboardInterrupt()))
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("matryoshka-st search: interrupted.") and "No index was written" in err
+    assert len(err.splitlines()) == 1
+
+    monkeypatch.setattr(search, "_build", _raise(PermissionError(13, "Permission denied", "c.txt")))
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == "matryoshka-st search: error: permission denied: 'c.txt'."
+
+    monkeypatch.setattr(search, "_build", _raise(RuntimeError("a bug")))  # not a user error: the traceback stays
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(argv)
