@@ -50,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def interrupted(args: argparse.Namespace) -> str:
-    return f"{args.output} may be incomplete: run the same command again with --overwrite (the fit is seeded)."
+    return f"Nothing was saved to {args.output} (it is renamed into place when complete): run the same command again."
 
 
 def run(args: argparse.Namespace) -> int:
