@@ -397,7 +397,12 @@ class FunnelIndex:
         return self.memory_report().bytes_per_vector
 
     def save(self, path: str | Path) -> None:
-        """Write the index to the folder ``path``: config JSON, the float32 vectors, prefix norms and FAISS index."""
+        """Write the index to the folder ``path``: config JSON, the float32 vectors, prefix norms and FAISS index.
+
+        The files are written into a temporary sibling folder that then replaces ``path``, so a killed build leaves
+        the old index or the new one, never half of one (where ``path`` holds other files too, only the index files
+        are replaced, the config last). Refusing to replace an index is the caller's choice.
+        """
         faiss = _import_faiss()
         final = Path(path)
         final.parent.mkdir(parents=True, exist_ok=True)
