@@ -79,13 +79,21 @@ def read_matryoshka_config(path: str | os.PathLike) -> MatryoshkaConfig | None:
     file = os.path.join(path, MATRYOSHKA_CONFIG_NAME)
     if not os.path.isfile(file):
         return None
-    with open(file, encoding="utf-8") as handle:
-        data = json.load(handle)
-    known = {name for name in MatryoshkaConfig.__dataclass_fields__ if name != "extra"}
-    return MatryoshkaConfig(
-        **{k: v for k, v in data.items() if k in known},
-        extra={k: v for k, v in data.items() if k not in known},
-    )
+    try:
+        with open(file, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        known = {name for name in MatryoshkaConfig.__dataclass_fields__ if name != "extra"}
+        return MatryoshkaConfig(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{file} cannot be read ({error}): it is written by `matryoshka-st train`. Restore it from the "
+            "training output, or delete it (the model still loads; its recorded dims are then unknown)."
+        ) from None
 
 
 def matryoshka_config_from_loss(loss: Any, **kwargs: Any) -> MatryoshkaConfig:

@@ -25,12 +25,40 @@ class FormatError(ValueError):
     """A file that cannot be read as the format it should have; the message names the file and line."""
 
 
-def open_text(path: str | os.PathLike) -> IO[str]:
-    """Open a UTF-8 text file for reading, gunzipping a ``.gz`` one."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+class TextLines:
+    """The lines of a UTF-8 text file (gunzipped if ``.gz``), as ``open(path)`` would iterate them; a line that is
+    not UTF-8 raises :class:`FormatError` naming the file and line (Python's own error names neither)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._handle: IO[bytes] = gzip.open(self.path, "rb") if self.path.suffix == ".gz" else self.path.open("rb")
+
+    def __iter__(self) -> Iterator[str]:
+        for number, line in enumerate(self._handle, start=1):
+            try:
+                yield line.decode("utf-8-sig" if number == 1 else "utf-8").replace("\r\n", "\n")
+            except UnicodeDecodeError as error:
+                raise FormatError(
+                    f"{self.path}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column "
+                    f"{error.start + 1}): save the file as UTF-8."
+                ) from None
+
+    def read(self) -> str:
+        return "".join(self)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> TextLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_text(path: str | os.PathLike) -> TextLines:
+    """Open a UTF-8 text file for reading line by line, gunzipping a ``.gz`` one."""
+    return TextLines(path)
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:

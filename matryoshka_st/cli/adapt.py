@@ -49,6 +49,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    return f"Nothing was saved to {args.output} (it is renamed into place when complete): run the same command again."
+
+
 def run(args: argparse.Namespace) -> int:
     from matryoshka_st.dims import validate_dims
 

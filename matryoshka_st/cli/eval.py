@@ -66,10 +66,28 @@ def parse_models(specs: list[str]) -> list[str] | dict[str, str]:
     return dict(spec.split("=", 1) for spec in specs)
 
 
+def _remove_empty_folders(root: Path) -> None:
+    """Remove the folders a refused run created and left empty (never a file)."""
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C left: the results finished so far are kept; a rerun computes only the rest."""
+    return (
+        f"Finished results are kept in {args.output / 'results'}: run the same command again to compute the rest "
+        "(finished ones are skipped)."
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from matryoshka_st.evaluation import evaluate
     from matryoshka_st.evaluation.report import render
 
+    created = not args.output.exists()
     try:
         runs = evaluate(
             parse_models(args.models),
@@ -82,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
     except (ValueError, OSError, argparse.ArgumentTypeError) as error:  # OSError: missing files, models, network
-        print(f"matryoshka-st eval: error: {error}", file=sys.stderr)
+        if created:
+            _remove_empty_folders(args.output)
+        print(f"matryoshka-st eval: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     logging.getLogger(__name__).info(
         "%d results (%d finished earlier) in %s", len(runs), sum(r.skipped for r in runs), args.output / "results"

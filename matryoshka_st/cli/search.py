@@ -4,6 +4,7 @@ prints.
 
     matryoshka-st search build --model MODEL --corpus corpus.jsonl --output my_index --stages 64:1000,128:100
     matryoshka-st search build --corpus corpus.jsonl --output my_index --stages 64:200 --first-stage hnsw --hnsw-m 16
+    matryoshka-st search build ... --output my_index --overwrite   # replace an existing index
     matryoshka-st search tune --index my_index --queries queries.jsonl --target-recall 0.99
     matryoshka-st search query --index my_index --query "how do I resize a partition" --k 5
 """
@@ -80,6 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--id-field", default=None, help="JSON field holding the id (default: _id or id).")
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--max-seq-length", type=int, default=None)
+    build.add_argument("--overwrite", action="store_true", help="Replace an index already in --output.")
 
     query = actions.add_parser("query", help="Search an index; print or write top-k results as JSON lines.")
     query.add_argument("--index", required=True, help="Index folder written by 'search build'.")
@@ -134,6 +136,15 @@ def _load_model(name_or_path: str | None, max_seq_length: int | None = None):
     return model, name_or_path
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    if args.action == "build":
+        return (
+            f"No index was written to {args.output} (it is renamed into place only when complete): run the same "
+            "command again."
+        )
+    return "Run the query again."
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return {"build": _build, "query": _query, "tune": _tune}[args.action](args)
@@ -143,8 +154,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from matryoshka_st.search import FunnelIndex
 
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        raise ValueError(
+            f"--output {args.output!r} exists and is not empty: choose a new folder, or pass --overwrite to replace "
+            "it (the old index stays until the new one is complete)."
+        )
     ids, texts = read_texts(args.corpus, args.text_field, args.id_field)
     model, name = _load_model(args.model, args.max_seq_length)
     index = FunnelIndex.from_model(

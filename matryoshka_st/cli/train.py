@@ -100,6 +100,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C left in the output folder, and how to continue."""
+    from pathlib import Path
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+    output_dir = getattr(args, "output_dir", None)
+    if output_dir is None:
+        try:
+            from matryoshka_st.training import parse_config
+
+            output_dir = parse_config(
+                {k: v for k, v in vars(args).items() if k not in _INTERNAL}, args.config or args.config_file
+            ).training.output_dir
+        except Exception:
+            return "Checkpoints, if any, are in the output folder; resume with --resume_from_checkpoint latest."
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if last is None:
+        return f"No {PREFIX_CHECKPOINT_DIR}-* was saved in {output_dir}: run the same command again to start over."
+    return (
+        f"The last checkpoint is {last}: add --resume_from_checkpoint latest to the same command to continue "
+        "(the resumed run gives the same weights)."
+    )
+
+
 def _default_job_report(config, result) -> None:
     """The embedded default job ends with the MTEB report (tables, plots) of base vs fine-tuned on the dev set.
 

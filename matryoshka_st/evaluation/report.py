@@ -90,7 +90,12 @@ def _folder_scores(folder: Path, files: list[Path] | None) -> list[Score]:
     meta_path = folder / "model_meta.json"
     if not meta_path.exists():
         raise ValueError(f"{folder} has no model_meta.json: it is not an mteb result folder.")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{meta_path} is not valid JSON ({error}): rerun `matryoshka-st eval` for this model with --overwrite."
+        ) from None
     experiment = meta.get("experiment_kwargs") or {}
     dim = experiment.get("embed_dim", meta.get("embed_dim"))
     precision = experiment.get("output_dtypes", "float32")
@@ -103,7 +108,15 @@ def _folder_scores(folder: Path, files: list[Path] | None) -> list[Score]:
     for path in files or sorted(folder.glob("*.json")):
         if path.name == "model_meta.json":
             continue
-        result = TaskResult.from_disk(path)
+        try:
+            result = TaskResult.from_disk(path)
+        except Exception as error:  # JSON or pydantic errors: half-written by a killed run
+            logger.warning(
+                "Skipping %s: not a complete result (%s). Rerun the same `matryoshka-st eval` command to redo it.",
+                path,
+                error,
+            )
+            continue
         scores.append(
             Score(
                 model=str(meta.get("name")),

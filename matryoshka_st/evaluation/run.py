@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,12 +120,12 @@ def evaluate(
     if dims is not None:
         dims = _check_dims(dims)
     task_list = load_tasks([tasks] if isinstance(tasks, str | Path | AbsTask) else tasks)
-    result_cache = ResultCache(cache_path=Path(output_folder))
+    result_cache = _AtomicResultCache(cache_path=Path(output_folder))
 
     # Load and check everything (models, dims, task data) before the first text is encoded.
     plans = []
     for name, spec in _name_models(models).items():
-        model = spec if isinstance(spec, SentenceTransformer) else SentenceTransformer(str(spec), device=device)
+        model = spec if isinstance(spec, SentenceTransformer) else _load_model(str(spec), device)
         cache = EmbeddingCache(model, name=name)
         model_dims = _dims_for(dims, cache.full_dim)
         combos = [(cache.full_dim, "float32")] + [
@@ -232,10 +233,45 @@ def _run_mteb(
     return model_result.task_results[0]
 
 
+def _load_model(name_or_path: str, device: str | None) -> SentenceTransformer:
+    try:
+        return SentenceTransformer(name_or_path, device=device)
+    except OSError as error:  # not a folder, and not on the Hub (or no network)
+        message = " ".join(str(error).split())
+        raise ValueError(f"Cannot load model {name_or_path!r} as a local folder or a Hub id: {message}") from error
+
+
+class _AtomicResultCache(ResultCache):
+    """mteb's ``ResultCache`` writing each result JSON under a temporary name, then renaming it: a killed run
+    leaves the previous result or none, never half a file."""
+
+    _writing: Path | None = None
+
+    def get_task_result_path(self, *args: Any, **kwargs: Any) -> Path:
+        return self._writing or super().get_task_result_path(*args, **kwargs)
+
+    def save_to_cache(self, task_result: TaskResult, model_name: Any, model_revision: Any = None, **kwargs: Any):
+        path = super().get_task_result_path(
+            task_name=task_result.task_name, model_name=model_name, model_revision=model_revision
+        )
+        self._writing = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            super().save_to_cache(task_result, model_name, model_revision, **kwargs)
+            os.replace(self._writing, path)
+        finally:
+            if self._writing.exists():
+                self._writing.unlink()
+            self._writing = None
+
+
 def _finished_result(path: Path, task: AbsTask) -> TaskResult | None:
     if not path.exists():
         return None
-    result = TaskResult.from_disk(path)
+    try:
+        result = TaskResult.from_disk(path)
+    except Exception as error:  # JSON or pydantic errors: a file an older, killed run left half-written
+        logger.warning("%s is not a complete result (%s): treating it as unfinished and recomputing it.", path, error)
+        return None
     if result.dataset_revision != task.metadata.revision:
         logger.info("%s was computed on another revision of %s: recomputing.", path, task.metadata.name)
         return None

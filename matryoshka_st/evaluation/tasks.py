@@ -43,7 +43,7 @@ from mteb.abstasks import (
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from matryoshka_st.readers import read_beir, read_jsonl
+from matryoshka_st.readers import FormatError, read_beir, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,15 @@ def _retrieval_task(folder: Path) -> AbsTask:
 
 
 def _sts_task(path: Path, rows: list[dict[str, Any]]) -> AbsTask:
-    scores = [float(row["score"]) for row in rows]
+    scores = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            scores.append(float(row["score"]))
+        except (TypeError, ValueError):
+            raise FormatError(
+                f"{path}: row {number} has score {row['score']!r}: STS scores must be numbers (any range), "
+                "e.g. 0.8; for class labels use a 'label' column (pair classification)."
+            ) from None
 
     def build() -> DatasetDict:
         return DatasetDict(

@@ -55,6 +55,9 @@ class PushResult:
     dry_run: bool = False
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth", "*.onnx")
+
+
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
     """``model_dir`` as a path, after checking it is a saved sentence-transformers model.
 
@@ -72,6 +75,11 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
         raise PushError(
             f"{str(folder)!r} has a modules.json but neither config_sentence_transformers.json nor config.json: it "
             "is not a complete saved model. Save it again with SentenceTransformer.save_pretrained()."
+        )
+    if not any(next(folder.rglob(pattern), None) for pattern in WEIGHT_FILES):
+        raise PushError(
+            f"{str(folder)!r} holds no model weights ({', '.join(WEIGHT_FILES)}): the upload would have no model. "
+            "Pass the folder SentenceTransformer.save_pretrained() wrote, e.g. OUTPUT_DIR/final."
         )
     return folder
 

@@ -98,6 +98,8 @@ def adapt(
             model, texts=texts, dims=dims, batch_size=batch_size, show_progress_bar=show_progress_bar, **kwargs
         )
     if output_dir is not None:
-        model.save(str(output_dir))
+        from matryoshka_st.training.checkpoints import save_atomically
+
+        save_atomically(model, output_dir, lambda folder: None)  # a killed run leaves the old folder or none
         logger.info("Saved the %s-adapted model to %s.", method, output_dir)
     return model

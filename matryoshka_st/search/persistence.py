@@ -5,6 +5,9 @@ norms and the FAISS first-stage index."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,9 +27,15 @@ FIRST_STAGE_NAME = "first_stage.faiss"
 
 
 def save_index(index: FunnelIndex, path: str | Path) -> None:
-    """Write ``index`` to the folder ``path`` (created if needed)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    """Write ``index`` to the folder ``path`` (created if needed).
+
+    The files are written into a temporary sibling folder that then replaces ``path``, so a killed build leaves the
+    old index or the new one, never half of one (where ``path`` holds other files too, only the index files are
+    replaced, the config last). Refusing to replace an index is the caller's choice.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     config = {
         "format_version": FORMAT_VERSION,
         "stages": [list(stage) for stage in index.stages],
@@ -44,31 +53,70 @@ def save_index(index: FunnelIndex, path: str | Path) -> None:
     np.save(path / PREFIX_NORMS_NAME, index._prefix_norms)
     write_index(index._index, index.first_stage, str(path / FIRST_STAGE_NAME))
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    os.chmod(path, 0o777 & ~_umask())  # mkdtemp creates 0700
+    names = {CONFIG_NAME, EMBEDDINGS_NAME, PREFIX_NORMS_NAME, FIRST_STAGE_NAME}
+    if final.is_dir() and any(p.name not in names for p in final.iterdir()):
+        # a folder holding other files too: replace the index files one by one, the config last
+        for name in sorted(names - {CONFIG_NAME}) + [CONFIG_NAME]:
+            os.replace(path / name, final / name)
+        path.rmdir()
+    elif final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rename(final, old / "index")
+        os.rename(path, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(path, final)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def load_index(cls: type[FunnelIndex], path: str | Path, mmap: bool = False) -> FunnelIndex:
-    """Read the index in the folder ``path``; ``mmap`` leaves the full-dim vectors on disk."""
+    """Read the index in the folder ``path``; ``mmap`` leaves the full-dim vectors on disk. A missing or damaged file
+    raises ``ValueError`` naming it and how to rebuild the index."""
     path = Path(path)
     if not (path / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"No funnel index in {str(path)!r}: expected {CONFIG_NAME} written by save().")
-    config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    rebuild = "rebuild the index with 'matryoshka-st search build ... --overwrite'"
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"a {type(config).__name__}, not an object")
+        stages, full_dim, source_dim = config["stages"], config["full_dim"], config["source_dim"]
+        params = FirstStageParams.from_dict(config.get("first_stage_params") or {"kind": config["first_stage"]})
+    except (ValueError, KeyError, TypeError) as error:
+        what = f"lacks the key {error}" if isinstance(error, KeyError) else f"is not valid ({error})"
+        raise ValueError(f"{path / CONFIG_NAME} {what}: {rebuild}.") from None
     if config.get("format_version") not in (1, FORMAT_VERSION):
         raise ValueError(f"{path} has format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}.")
-    params = FirstStageParams.from_dict(config.get("first_stage_params") or {"kind": config["first_stage"]})
-    first = read_index(params.kind, str(path / FIRST_STAGE_NAME))
+    try:
+        first = read_index(params.kind, str(path / FIRST_STAGE_NAME))
+    except RuntimeError as error:  # faiss reports a missing or truncated file as a RuntimeError
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise ValueError(f"{path / FIRST_STAGE_NAME} cannot be read ({reason}): {rebuild}.") from None
+    arrays = {}
+    for name in (EMBEDDINGS_NAME, PREFIX_NORMS_NAME):
+        try:
+            arrays[name] = np.load(path / name, mmap_mode="r" if mmap and name == EMBEDDINGS_NAME else None)
+        except (OSError, ValueError, EOFError) as error:
+            raise ValueError(f"{path / name} cannot be read ({error}): {rebuild}.") from None
     options = {name: value for name, value in params.to_dict().items() if name != "kind"}
     index = cls(
-        np.load(path / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None),
-        config["stages"],
-        full_dim=config["full_dim"],
+        arrays[EMBEDDINGS_NAME],
+        stages,
+        full_dim=full_dim,
         first_stage=params.kind,
         doc_ids=config.get("doc_ids"),
         model_name_or_path=config.get("model_name_or_path"),
         _first_stage_index=first,
-        _prefix_norms=np.load(path / PREFIX_NORMS_NAME),
+        _prefix_norms=arrays[PREFIX_NORMS_NAME],
         **options,
     )
     apply_search_params(first, params)
-    index.source_dim = config["source_dim"]
+    index.source_dim = source_dim
     index.tuning = config.get("tuning")
     return index

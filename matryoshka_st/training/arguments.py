@@ -9,6 +9,7 @@ the default job itself; parsing and type conversion are ``HfArgumentParser``'s.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Mapping
@@ -221,9 +222,18 @@ class TrainingArguments(SentenceTransformerTrainingArguments):
         default=False,
         metadata={
             "help": "Train even if output_dir already holds a model or checkpoints: the final model is replaced "
-            "and the old checkpoints are deleted."
+            "and the old checkpoints are deleted once the new run saves its first checkpoint (restored if it fails "
+            "before that)."
         },
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # torch's optimizers reject these only at the first step, after the model has loaded
+        if self.learning_rate < 0:
+            raise ConfigError(f"--learning_rate must be >= 0, got {self.learning_rate}.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight_decay must be >= 0, got {self.weight_decay}.")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, MatryoshkaArguments, TrainingArguments)
@@ -325,7 +335,40 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             f"Config file {str(path)!r} has unknown keys {unknown}: use the flag names of "
             "'matryoshka-st train --help' without the leading dashes."
         )
+    _check_value_types(values, path)
     return values
+
+
+def _check_value_types(values: dict[str, Any], path: Path) -> None:
+    """Convert strings the way the flag would (``"2"`` -> 2) and reject values of the wrong type, naming the key:
+    ``HfArgumentParser.parse_dict`` takes them as they are, and they fail deep inside the trainer."""
+    actions = {action.dest: action for action in build_parser()._actions}
+    for key, value in values.items():
+        action = actions.get(key)
+        convert = getattr(action, "type", None)
+        simple = getattr(convert, "__name__", "") in ("int", "float", "string_to_bool")
+        if value is None or not callable(convert) or not (simple or action.choices):
+            continue  # str, dicts and library-specific types are left to HfArgumentParser
+        items = value if isinstance(value, list) and action.nargs in ("+", "*") else [value]
+        converted = []
+        for item in items:
+            try:
+                if isinstance(item, (list, dict)) or (isinstance(item, bool) and convert in (int, float)):
+                    raise TypeError
+                converted.append(convert(item) if isinstance(item, str) or convert is float else item)
+                if action.choices and converted[-1] not in action.choices:
+                    raise ValueError
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                expected = {"int": "int", "float": "number", "string_to_bool": "true/false"}.get(
+                    getattr(convert, "__name__", ""), "value"
+                )
+                raise ConfigError(
+                    f"Config file {str(path)!r}: {key}: {item!r} is not a valid {expected}"
+                    f"{' (one of ' + ', '.join(map(str, action.choices)) + ')' if action.choices else ''}."
+                ) from None
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and convert is int and item != int(item):
+                raise ConfigError(f"Config file {str(path)!r}: {key}: {item!r} is not a whole number.")
+        values[key] = converted if items is value else converted[0]
 
 
 def launched_processes() -> int:

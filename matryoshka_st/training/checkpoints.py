@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from matryoshka_st.training.arguments import ConfigError, TrainConfig
 
 FINAL_DIR_NAME = "final"
+T = TypeVar("T")
 
 
 def output_contents(output_dir: Path) -> list[str]:
@@ -83,3 +88,74 @@ def remove_previous_run(output_dir: Path) -> None:
     for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         if checkpoint.is_dir():
             shutil.rmtree(checkpoint)
+
+
+_SET_ASIDE: ContextVar[list[PreviousRun] | None] = ContextVar("matryoshka_st_set_aside", default=None)
+
+
+class PreviousRun:
+    """The checkpoints an ``--overwrite_output_dir`` run replaces: moved into a hidden sibling folder when training
+    starts, deleted at the new run's first save, and moved back if the run fails (or is interrupted) before it."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.holding: Path | None = None
+
+    def set_aside(self) -> None:
+        checkpoints = [p for p in self.output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()]
+        if not checkpoints:
+            return
+        self.holding = Path(tempfile.mkdtemp(prefix=".previous-run-", dir=self.output_dir))
+        for checkpoint in checkpoints:
+            os.rename(checkpoint, self.holding / checkpoint.name)
+        pending = _SET_ASIDE.get()
+        if pending is not None:
+            pending.append(self)
+
+    def restore(self) -> None:
+        if self.holding is None:
+            return
+        for checkpoint in self.holding.iterdir():
+            target = self.output_dir / checkpoint.name
+            if target.exists():  # written by the failed run
+                shutil.rmtree(target)
+            os.rename(checkpoint, target)
+        self.holding.rmdir()
+        self.holding = None
+
+    def discard(self) -> None:
+        if self.holding is not None:
+            shutil.rmtree(self.holding, ignore_errors=True)
+            self.holding = None
+
+    def callback(self) -> TrainerCallback:
+        previous = self
+
+        class DiscardPreviousRun(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                previous.discard()
+
+        return DiscardPreviousRun()
+
+
+def restores_previous_run(function: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a run: checkpoints a :class:`PreviousRun` set aside come back if the run raises before its first
+    save (bad input found late, Ctrl-C), and are deleted when it returns."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        token = _SET_ASIDE.set([])
+        try:
+            result = function(*args, **kwargs)
+        except BaseException:
+            for previous in _SET_ASIDE.get() or []:
+                previous.restore()
+            raise
+        else:
+            for previous in _SET_ASIDE.get() or []:
+                previous.discard()
+            return result
+        finally:
+            _SET_ASIDE.reset(token)
+
+    return wrapper

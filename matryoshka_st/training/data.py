@@ -19,6 +19,7 @@ text, label (int or str)                           BatchAllTripletLoss (batches 
 
 from __future__ import annotations
 
+import gzip
 import inspect
 import json
 import logging
@@ -166,7 +167,38 @@ def _local_files(path: Path) -> tuple[list[str], str]:
             raise DataError(f"Cannot read data file {str(file)!r}: permission denied.")
         if file.stat().st_size == 0:
             raise DataError(f"The data file {str(file)!r} is empty: it needs at least one row.")
+        if _format_of(file) == ".jsonl":
+            _check_jsonl(file)
+        elif _format_of(file) != ".parquet":
+            _check_utf8(file)
     return [str(f) for f in files], _format_of(files[0])
+
+
+def _check_utf8(file: Path) -> None:
+    """Refuse a text file that is not UTF-8 before anything is loaded, naming the line: ``datasets`` reads it
+    anyway and fails only when the rows are first used, after the model has loaded."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{file}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column {error.start + 1}): "
+                    "save the file as UTF-8."
+                ) from None
+
+
+def _check_jsonl(file: Path) -> None:
+    """UTF-8 and one JSON object per line, checked line by line before loading: ``datasets`` reports a bad line as
+    a character offset (after logging it as an error) and bad bytes only when the rows are first used."""
+    from matryoshka_st.readers import FormatError, iter_jsonl
+
+    try:
+        for _ in iter_jsonl(file):
+            pass
+    except FormatError as error:
+        raise DataError(str(error)) from None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -315,6 +347,12 @@ def infer_loss_spec(dataset: Dataset, loss: str | None = None, loss_kwargs: dict
             name = "MultipleNegativesRankingLoss"
         elif texts[0] == "sentence1" and kind == "float":
             name = "CoSENTLoss"
+        elif texts[0] == "sentence1" and label == "score" and kind == "str":
+            raise DataError(
+                f"Column 'score' holds text (e.g. {dataset[0]['score']!r}), but 'score' means a similarity number "
+                "(CoSENTLoss). Write numbers, or rename it to 'label' with --column_mapping '{\"score\": \"label\"}' "
+                "to train SoftmaxLoss on them as classes."
+            )
         elif texts[0] == "sentence1" and kind in ("int", "str"):
             name = "SoftmaxLoss"
         elif texts == ["text"] and kind in ("int", "str"):

@@ -32,9 +32,10 @@ from matryoshka_st.training.arguments import ConfigError, TrainConfig, launched_
 from matryoshka_st.training.callbacks import NonFiniteLossError, SaveMatryoshkaExtras, StopOnNonFiniteLoss
 from matryoshka_st.training.checkpoints import (
     FINAL_DIR_NAME,
+    PreviousRun,
     output_contents,
-    remove_previous_run,
     resolve_resume,
+    restores_previous_run,
     save_atomically,
 )
 from matryoshka_st.training.data import (
@@ -253,6 +254,17 @@ def _load_datasets(config: TrainConfig) -> tuple[Any, Any, LossSpec]:
         eval_dataset = eval_dataset.select(range(min(data.max_eval_samples, len(eval_dataset))))
     if len(train_dataset) == 0:
         raise DataError(f"No training rows left in {data.train_data!r} after selection.")
+    if len(train_dataset) < 2 and spec.name in IN_BATCH_LOSSES:
+        raise DataError(
+            f"{data.train_data!r} gives 1 training row: {spec.name} scores each row against the other rows of its "
+            "batch, so it learns nothing from one row (the loss is 0). Give it at least 2 rows, better hundreds."
+        )
+    if len(train_dataset) < config.training.per_device_train_batch_size:
+        logger.warning(
+            "Only %d training rows, fewer than one batch of %d: this run will learn little.",
+            len(train_dataset),
+            config.training.per_device_train_batch_size,
+        )
     if spec.label_column and LOSS_REQUIREMENTS.get(spec.name, None) and LOSS_REQUIREMENTS[spec.name].label == "int":
         spec.num_labels = count_labels([d for d in (train_dataset, eval_dataset) if d is not None], spec.label_column)
     logger.info(
@@ -266,6 +278,7 @@ def _load_datasets(config: TrainConfig) -> tuple[Any, Any, LossSpec]:
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
+@restores_previous_run
 def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Fine-tune a model with the Matryoshka loss as configured, evaluate it at every dim, and save it.
 
@@ -310,8 +323,9 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
 
     # -- all checks passed: from here on, files are written ----------------------------------------------------
     is_main = training.process_index == 0
+    previous = PreviousRun(Path(training.output_dir))
     if is_main and training.overwrite_output_dir and resume is None:
-        remove_previous_run(Path(training.output_dir))
+        previous.set_aside()  # restored if the run fails before its first save (see restores_previous_run)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=training,
@@ -319,7 +333,7 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
         eval_dataset=eval_dataset,
         loss=loss,
         evaluator=plan.evaluator,
-        callbacks=[StopOnNonFiniteLoss(loss), SaveMatryoshkaExtras(loss), *callbacks],
+        callbacks=[StopOnNonFiniteLoss(loss), SaveMatryoshkaExtras(loss), previous.callback(), *callbacks],
     )
     result = TrainResult(str(training.output_dir), None, dims, plan.metric)
     if is_main and plan.evaluator is not None and config.matryoshka.evaluate_before_training and resume is None:

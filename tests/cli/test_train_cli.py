@@ -44,7 +44,7 @@ def _listing(root):
         (["--train_data", "labels.jsonl"], "Cannot choose a loss from the columns ['text', 'label']"),
         (["--train_data", "empty.jsonl"], "is empty"),
         (["--train_data", "missing.jsonl"], "'missing.jsonl' does not exist"),
-        (["--train_data", "broken.jsonl"], "Cannot parse 'broken.jsonl' as jsonl"),
+        (["--train_data", "broken.jsonl"], "broken.jsonl:1: line 1 is not valid JSON"),
         (["--train_data", "pairs.jsonl", "--matryoshka_dims", "64", "0"], "must be positive, got [0]"),
         (
             ["--train_data", "pairs.jsonl", "--matryoshka_dims", "128", "32"],

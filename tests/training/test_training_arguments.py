@@ -92,3 +92,34 @@ def test_default_job_preset_matches_the_embedded_default_job():
     assert set(preset) - set(embedded) == {"matryoshka_dims"}
     assert Path(embedded["train_data"]).name == Path(preset["train_data"]).name
     assert Path(embedded["eval_retrieval"]).name == Path(preset["eval_retrieval"]).name
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("max_steps: two", "max_steps: 'two' is not a valid int"),
+        ("max_steps: 2.5", "max_steps: 2.5 is not a whole number"),
+        ("eval_strategy: stepz", "eval_strategy: 'stepz' is not a valid value .one of no, steps, epoch."),
+        ("overwrite_output_dir: maybe", "'maybe' is not a valid true/false"),
+        ("matryoshka_dims: [64, x]", "matryoshka_dims: 'x' is not a valid int"),
+    ],
+)
+def test_config_file_values_of_the_wrong_type_name_the_key(tmp_path, line, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train_data: pairs.jsonl\n{line}\n")
+    with pytest.raises(ConfigError, match=message):
+        parse_config({}, path)
+
+
+def test_config_file_strings_convert_like_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    # YAML reads 1e-5 as a string; mappings and library types are left to HfArgumentParser
+    path.write_text('train_data: pairs.jsonl\nmax_steps: "3"\nlearning_rate: 1e-5\nliger_kernel_config: {a: true}\n')
+    config = parse_config({}, path)
+    assert (config.training.max_steps, config.training.learning_rate) == (3, 1e-5)
+    assert config.training.liger_kernel_config == {"a": True}
+
+
+def test_negative_learning_rate_is_refused_before_anything_loads():
+    with pytest.raises(ConfigError, match="--learning_rate must be >= 0, got -1"):
+        parse_config({"train_data": "pairs.jsonl", "learning_rate": -1})

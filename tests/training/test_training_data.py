@@ -93,13 +93,17 @@ def test_load_formats_and_folders(tmp_path):
         ("missing.jsonl", None, "does not exist"),
         ("empty.jsonl", "", "is empty"),
         ("header_only.csv", "anchor,positive\n", "is empty"),
-        ("broken.jsonl", '{"anchor": "a", "positive": \n', "Cannot parse"),
+        ("broken.jsonl", '{"anchor": "a", "positive": \n', "broken.jsonl:1: line 1 is not valid JSON"),
+        ("latin1.jsonl", b'{"anchor": "caf\xe9"}\n', "latin1.jsonl:1: not UTF-8 text .byte 0xe9 at column 16."),
+        ("latin1.csv", b"anchor,positive\ncaf\xe9,b\n", "latin1.csv:2: not UTF-8 text"),
         ("data.txt", "hello\n", "Unsupported data file"),
     ],
 )
 def test_bad_files(tmp_path, name, content, message):
     path = tmp_path / name
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message):
         load_data(str(path))
