@@ -124,7 +124,8 @@ def test_build_hnsw_query_with_overrides(tmp_path, model_dir, beir_corpus, tiny_
     _, expected = FunnelIndex.load(index_dir).search(tiny_model.encode(["a dog"]), k=5)
     assert record["ids"][:5] == [f"d{i}" for i in expected[0]] or len(record["ids"]) == 6
     assert sorted(record["ids"]) == sorted(f"d{i}" for i in range(len(TEXTS)))  # a 6-text corpus, k=6: all of it
-    assert main([*argv, "--ef-search", "0"]) == 2
+    # a new folder: an existing index is refused before anything else
+    assert main([*argv, "--output", str(tmp_path / "other"), "--ef-search", "0"]) == 2
     assert "ef_search must be a positive integer, got 0" in capsys.readouterr().err
 
 
