@@ -267,3 +267,29 @@ __all__ = [
     "read_texts",
     "read_unique_texts",
 ]
+
+
+def check_utf8(path: str | os.PathLike, error: type[ValueError] = FormatError) -> None:
+    """Raise ``error`` naming ``FILE:LINE`` unless the (optionally gzipped) text file is UTF-8, reading it line by line:
+    ``datasets`` reads such a file anyway and fails only when the rows are first used, after the model has loaded."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise error(
+                    f"{path}:{number}: not UTF-8 text (byte {line[bad.start]:#04x} at column {bad.start + 1}): "
+                    "save the file as UTF-8."
+                ) from None
+
+
+def check_jsonl(path: str | os.PathLike, error: type[ValueError] = FormatError) -> None:
+    """Raise ``error`` (with :func:`iter_jsonl`'s ``FILE:LINE`` message) unless every line is a UTF-8 JSON object:
+    ``datasets`` reports a bad line as a character offset and bad bytes only when the rows are first used."""
+    try:
+        for _ in iter_jsonl(path):
+            pass
+    except FormatError as bad:
+        raise error(str(bad)) from None

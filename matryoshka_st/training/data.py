@@ -19,7 +19,6 @@ text, label (int or str)                           BatchAllTripletLoss (batches 
 
 from __future__ import annotations
 
-import gzip
 import inspect
 import json
 import logging
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Dataset, Value
+
+from matryoshka_st.readers import check_jsonl, check_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -168,37 +169,10 @@ def _local_files(path: Path) -> tuple[list[str], str]:
         if file.stat().st_size == 0:
             raise DataError(f"The data file {str(file)!r} is empty: it needs at least one row.")
         if _format_of(file) == ".jsonl":
-            _check_jsonl(file)
+            check_jsonl(file, DataError)
         elif _format_of(file) != ".parquet":
-            _check_utf8(file)
+            check_utf8(file, DataError)
     return [str(f) for f in files], _format_of(files[0])
-
-
-def _check_utf8(file: Path) -> None:
-    """Refuse a text file that is not UTF-8 before anything is loaded, naming the line: ``datasets`` reads it
-    anyway and fails only when the rows are first used, after the model has loaded."""
-    opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    f"{file}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column {error.start + 1}): "
-                    "save the file as UTF-8."
-                ) from None
-
-
-def _check_jsonl(file: Path) -> None:
-    """UTF-8 and one JSON object per line, checked line by line before loading: ``datasets`` reports a bad line as
-    a character offset (after logging it as an error) and bad bytes only when the rows are first used."""
-    from matryoshka_st.readers import FormatError, iter_jsonl
-
-    try:
-        for _ in iter_jsonl(file):
-            pass
-    except FormatError as error:
-        raise DataError(str(error)) from None
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -6,7 +6,8 @@ import pytest
 
 from matryoshka_st._bundled import SAMPLE_PAIRS
 from matryoshka_st.training import ConfigError, parse_config
-from matryoshka_st.training.arguments import DEFAULT_JOB_OUTPUT_DIR, load_config_file
+from matryoshka_st.training.arguments import DEFAULT_JOB_OUTPUT_DIR
+from matryoshka_st.training.config_file import load_config_file
 
 
 def test_flags_override_the_config_file(tmp_path):
