@@ -206,8 +206,10 @@ def build_card(
         model_dir: a sentence-transformers model folder (normally saved by ``matryoshka-st train``).
         repo_id: the Hub id the card is for; it replaces sentence-transformers' placeholder in usage snippets.
         results: eval scores from :func:`load_eval_results`.
-        base_model, datasets, license, language: card metadata (Hub ids / licence id / ISO codes); kept from the
-            existing card when not given.
+        base_model, datasets, license, language: card metadata (Hub ids / licence id / ISO codes) for the YAML front
+            matter; kept from the existing card when not given. The card's text is sentence-transformers' own, filled
+            at training time from ``model.model_card_data`` (``matryoshka-st train --base_model --license
+            --language``); it is not rewritten here.
         model_name: the card's title and ``model-index`` name; default: the existing one, or the repository name
             when the existing one is sentence-transformers' generic "SentenceTransformer".
         tags: more tags.
@@ -233,16 +235,27 @@ def build_card(
     # title: keep a real one, replace sentence-transformers' generic default
     title_match = re.search(r"^# (.+)$", text, flags=re.MULTILINE)
     current_title = title_match.group(1).strip() if title_match else None
-    generic = current_title in (None, "SentenceTransformer", "Sentence Transformer model")
+    generic = current_title in (None, "SentenceTransformer", "Sentence Transformer model") or (
+        current_title.startswith("SentenceTransformer based on ")  # sentence-transformers' default with a base model
+    )
     title = model_name or (repo_id.split("/")[-1] if generic and repo_id else current_title)
     if title and title_match and title != current_title:
         text = text[: title_match.start()] + f"# {title}" + text[title_match.end() :]
 
-    text = _fill_placeholders(text, base_model, license, language)
     section = render_section(model_dir, model_id=model_id, results=results, plot_name=plot_name)
     text = _insert_section(text, section)
 
     data = card.data  # edited in place, so the front matter keeps sentence-transformers' key order
+    for key, value in (("base_model", base_model), ("license", license), ("language", language)):
+        if value and data.get(key) and data.get(key) != value:
+            logger.warning(
+                "The card's text states %s %r (set at training time); its metadata now says %r. Train with "
+                "--%s to have both agree.",
+                key,
+                data.get(key),
+                value,
+                key,
+            )
     data.tags = list(dict.fromkeys([*(data.tags or []), *TAGS, *tags]))
     if base_model:
         data.base_model = base_model
@@ -266,26 +279,6 @@ def build_card(
             logger.warning("The model card has no %s: pass %s to add it.", key, hint)
     card.text = text
     return card
-
-
-def _fill_placeholders(
-    text: str, base_model: str | None, license: str | None, language: str | Sequence[str] | None
-) -> str:
-    """Fill the commented-out "Unknown" lines of sentence-transformers' card with the metadata given here."""
-    if base_model:
-        link = f"[{base_model}](https://huggingface.co/{base_model})"
-        text = text.replace(
-            "<!-- - **Base model:** [Unknown](https://huggingface.co/unknown) -->", f"- **Base model:** {link}"
-        )
-        text = text.replace("model trained on the", f"model finetuned from {link} on the", 1)
-        text = re.sub(r"model trained(?=\. It maps)", f"model finetuned from {link}", text, count=1)
-    if license:
-        text = text.replace("<!-- - **License:** Unknown -->", f"- **License:** {license}")
-    if language:
-        languages = ", ".join(_as_list(language))
-        label = "Languages" if len(_as_list(language)) > 1 else "Language"
-        text = text.replace("<!-- - **Language:** Unknown -->", f"- **{label}:** {languages}")
-    return text
 
 
 def _insert_section(text: str, section: str) -> str:

@@ -44,6 +44,17 @@ class ModelArguments:
         default=None, metadata={"help": "Truncate inputs to this many tokens. Default: the model's own limit."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The Hub id the model card names as the base model (sentence-transformers fills it in itself "
+            "when --model_name_or_path is a Hub id)."
+        },
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "The licence id the model card states, e.g. apache-2.0."}
+    )
+    language: list[str] | None = field(default=None, metadata={"help": "The language codes the model card states."})
 
 
 @dataclass

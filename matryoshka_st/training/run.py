@@ -103,9 +103,17 @@ def _load_model(config: TrainConfig) -> SentenceTransformer:
         ) from error
     if config.model.max_seq_length is not None:
         model.max_seq_length = config.model.max_seq_length
-    if config.model.model_name_or_path is None and model.model_card_data.base_model is None:
+    # the card sentence-transformers writes is filled from model_card_data (its supported extension point)
+    card_data = model.model_card_data
+    if config.model.base_model:
+        card_data.base_model = config.model.base_model
+    elif config.model.model_name_or_path is None and card_data.base_model is None:
         # the bundled folder has no Hub id of its own; the card should name the model it is a copy of
-        model.model_card_data.base_model = "sentence-transformers/all-MiniLM-L6-v2"
+        card_data.base_model = "sentence-transformers/all-MiniLM-L6-v2"
+    if config.model.license:
+        card_data.license = config.model.license
+    if config.model.language:
+        card_data.language = list(config.model.language)
     return model
 
 

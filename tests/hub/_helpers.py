@@ -27,6 +27,10 @@ def train_tiny_model(folder: Path) -> str:
             "report_to": "none",
             "seed": 1,
             "evaluate_before_training": False,
+            # what the card's text states comes from model_card_data at training time
+            "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+            "license": "apache-2.0",
+            "language": ["en"],
         }
     )
     return run(config).model_path

@@ -11,6 +11,8 @@ ANY = r"(?:.|\n)*?"
 
 CARD_PATTERN = re.compile(
     r"""---
+language: en
+license: apache-2.0
 tags:
 - sentence-transformers
 - sentence-similarity
@@ -21,6 +23,7 @@ tags:
 - loss:MatryoshkaLoss
 - loss:MultipleNegativesRankingLoss
 - matryoshka
+base_model: sentence-transformers/all-MiniLM-L6-v2
 widget:
 (?:- source_sentence: .+
   sentences:
@@ -30,11 +33,8 @@ library_name: sentence-transformers
 metrics:
 (?:- cosine_\S+
 )+- ndcg_at_10
-base_model: sentence-transformers/all-MiniLM-L6-v2
 datasets:
 - sentence-transformers/all-nli
-language: en
-license: apache-2.0
 model-index:
 - name: tiny-matryoshka
   results:

@@ -133,3 +133,15 @@ def test_full_size_recommended_still_shows_truncation(trained_model_dir):
     assert 'SentenceTransformer("you/t", truncate_dim=32)' in section
     assert "| **64** | 0.5000 (100.0%) |\n| 32 | 0.4500 (90.0%) |" in section
     assert "![" not in section  # no plot file without a rendered report
+
+
+def test_card_text_is_sentence_transformers_own_and_metadata_can_be_added(trained_model_dir, caplog):
+    # the text was filled from model_card_data at training time (train --base_model --license --language) ...
+    card = build_card(trained_model_dir, repo_id="you/tiny")
+    assert "- **License:** apache-2.0" in card.text and "- **Language:** en" in card.text
+    assert "finetuned from [sentence-transformers/all-MiniLM-L6-v2]" in card.text
+    # ... and is not rewritten at push time: other metadata goes to the front matter only, with a warning
+    with caplog.at_level("WARNING"):
+        other = build_card(trained_model_dir, repo_id="you/tiny", license="mit")
+    assert other.data.license == "mit" and "- **License:** apache-2.0" in other.text
+    assert "set at training time" in caplog.text and "--license" in caplog.text
