@@ -28,10 +28,6 @@ from matryoshka_st.losses.paths import computes_from_embeddings
 logger = logging.getLogger(__name__)
 
 
-def _computes_from_embeddings(loss: nn.Module) -> bool:
-    return computes_from_embeddings(type(loss))
-
-
 def check_recipe_arguments(
     distill_weight: float = 0.0, distill_temperature: float = 1.0, full_dim_share: float | None = None
 ) -> None:
@@ -52,7 +48,7 @@ def check_recipe_arguments(
             raise ValueError(f"full_dim_share must be in (0, 1) (a share of the total weight), got {full_dim_share}.")
 
 
-def _share_full(dims: list[int], weights: list[float], share: float) -> list[float]:
+def _share_full(weights: list[float], share: float) -> list[float]:
     """Weights with the full (first, largest) dim at ``share`` of the total and the others in their proportions."""
     total, others = sum(weights), sum(weights[1:])
     if others == 0:
@@ -168,7 +164,7 @@ class MatryoshkaLoss(nn.Module):
                     f"full_dim_share needs the full dimension {full_dim} and at least one smaller dim in "
                     f"matryoshka_dims, got {self.matryoshka_dims}."
                 )
-            self.matryoshka_weights = _share_full(self.matryoshka_dims, self.matryoshka_weights, full_dim_share)
+            self.matryoshka_weights = _share_full(self.matryoshka_weights, full_dim_share)
         self.distill_weight = float(distill_weight)
         self.distill_temperature = float(distill_temperature)
         self.full_dim_share = full_dim_share
@@ -217,7 +213,7 @@ class MatryoshkaLoss(nn.Module):
         distilled: dict[int, Tensor] = {}
         if self.uses_gradient_cache:
             losses = self._forward_gradient_cache(sentence_features, labels, active, distilled)
-        elif self.heads is None and _computes_from_embeddings(self.loss):
+        elif self.heads is None and computes_from_embeddings(type(self.loss)):
             embeddings = embed_columns(self.model, sentence_features)  # one (B, D) tensor per column
             losses = {
                 dim: weight
