@@ -92,7 +92,7 @@ def faiss_bytes(index) -> int:
     return int(faiss.serialize_index(index).size)
 
 
-def bench_peers(corpus, queries, exact, k, repeats) -> list[System]:
+def bench_peers(corpus, queries, exact, k, repeats, ef_construction: int = 40) -> list[System]:
     import faiss
 
     n, dim = corpus.shape
@@ -108,10 +108,11 @@ def bench_peers(corpus, queries, exact, k, repeats) -> list[System]:
 
     start = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = ef_construction
     hnsw.add(corpus)
     build = time.perf_counter() - start
     size = faiss_bytes(hnsw)
-    system = System(f"HNSW {dim} (M 32)", size, size / n, build)
+    system = System(f"HNSW {dim} (M 32, efConstruction {ef_construction})", size, size / n, build)
     for ef in HNSW_EFS:
         hnsw.hnsw.efSearch = ef
         system.points.append(
@@ -163,27 +164,30 @@ def _check_st_recipe(binary, corpus, queries, k, st_rescore) -> None:
     logger.info("binary rescoring recipe: %.0f%% of queries identical to semantic_search_faiss", 100 * same)
 
 
-def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target) -> list[System]:
+def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target, ef_construction: int = 40) -> list[System]:
     from matryoshka_st.search import FunnelIndex
 
     specs = [
         ("flat funnel: float 64 -> rerank 384", [(64, 100)], "float", {}),
         ("flat funnel: binary 384 -> rerank 384", [(384, 100)], "binary", {}),
         ("HNSW funnel: float 64 (M 16) -> rerank 384", [(64, 100)], "hnsw", {"hnsw_m": 16}),
-        ("HNSW funnel: int8 128 (M 16) -> rerank 384", [(128, 100)], "int8_hnsw", {"hnsw_m": 16}),
+        ("HNSW funnel: int8 128 (M 32) -> rerank 384", [(128, 100)], "int8_hnsw", {"hnsw_m": 32}),
         ("HNSW funnel: binary 384 (M 32) -> rerank 384", [(384, 100)], "binary_hnsw", {"hnsw_m": 32}),
         ("IVF funnel: float 64 -> rerank 384", [(64, 100)], "ivf", {}),
     ]
     systems = []
     for name, stages, kind, options in specs:
         start = time.perf_counter()
+        if kind in ("hnsw", "int8_hnsw", "binary_hnsw"):
+            options = {**options, "ef_construction": ef_construction}
         index = FunnelIndex.from_embeddings(corpus, stages=stages, first_stage=kind, **options)
         build = time.perf_counter() - start
         memory = index.memory_report()
         system = System(name, memory.first_stage_bytes_per_vector * len(index), memory.bytes_per_vector, build)
         first_dim = stages[0][0]
         if kind in ("hnsw", "int8_hnsw", "binary_hnsw"):
-            grid = [(ef, s) for ef in FUNNEL_EFS for s in (ef // 2, ef)]
+            # A shortlist shorter than ef_search keeps the graph search as wide and reranks fewer rows.
+            grid = [(ef, s) for ef in FUNNEL_EFS for s in sorted({max(2 * k, ef // 4), ef // 2, ef})]
         elif kind == "ivf":
             grid = [(p, s) for p in NPROBES for s in (100, 200, 400)]
         else:
@@ -349,11 +353,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--model", default=None, help="Base model (default: the bundled all-MiniLM-L6-v2).")
     parser.add_argument("--finetuned", default=None, help="A Matryoshka-fine-tuned model: adds its systems.")
+    parser.add_argument(
+        "--finetuned-only", action="store_true", help="Only the --finetuned model's systems (the targets' headline)."
+    )
     parser.add_argument("--limit", type=int, default=None, help="Corpus texts (default: all 355,847).")
     parser.add_argument("--encode", action="store_true", help="Encode missing chunks (default: use the cache).")
     parser.add_argument("--tune-queries", type=int, default=1000, help="Dev queries given to tune; rest evaluate.")
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        default=100,
+        help="HNSW efConstruction of every graph, full-dim HNSW and funnels alike (FAISS default: 40).",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="Timed batch searches per setting; the best is kept.")
     parser.add_argument("--max-seq-length", type=int, default=128)
@@ -375,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     models = [("all-MiniLM-L6-v2 (base)", args.model)]
     if args.finetuned:
         models.append(("MiniLM + Matryoshka fine-tuning", args.finetuned))
+    if args.finetuned_only:
+        if not args.finetuned:
+            parser.error("--finetuned-only needs --finetuned PATH.")
+        models = models[1:]
     command = " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
     lines = [
         "# Funnel search vs full-dim HNSW, exact search and binary rescoring (real embeddings)",
@@ -400,8 +417,10 @@ def main(argv: list[str] | None = None) -> int:
             len(tune_queries),
             len(eval_queries),
         )
-        systems = bench_peers(corpus, eval_queries, exact, args.k, args.repeats)
-        systems += bench_funnels(corpus, eval_queries, tune_queries, exact, args.k, args.repeats, args.target_recall)
+        systems = bench_peers(corpus, eval_queries, exact, args.k, args.repeats, args.ef_construction)
+        systems += bench_funnels(
+            corpus, eval_queries, tune_queries, exact, args.k, args.repeats, args.target_recall, args.ef_construction
+        )
         results[model_name] = systems
         raw[model_name] = [vars(s) for s in systems]
         lines += [

@@ -47,13 +47,17 @@ def parse_ints(value: str) -> list[int]:
 def _add_first_stage_flags(parser: argparse.ArgumentParser, build: bool) -> None:
     """HNSW / IVF parameters: all of them for ``build``; the search-time ones (a ``None`` default keeps the
     index's) for ``query``."""
+    # A None default leaves the value to FirstStageParams (build) or to the saved index (query): one set of defaults.
     if build:
-        parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (FAISS M).")
-        parser.add_argument("--ef-construction", type=int, default=40, help="HNSW candidate list while building.")
+        parser.add_argument("--hnsw-m", type=int, default=None, help="HNSW neighbours per node (FAISS M; default 32).")
+        parser.add_argument(
+            "--ef-construction", type=int, default=None, help="HNSW candidate list while building (default 100)."
+        )
         parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: 4 * sqrt(N)).")
-    default_ef, default_nprobe = (64, 16) if build else (None, None)
-    parser.add_argument("--ef-search", type=int, default=default_ef, help="HNSW candidate list while searching.")
-    parser.add_argument("--nprobe", type=int, default=default_nprobe, help="IVF lists scanned per query.")
+    which = "default 64" if build else "default: the index's"
+    parser.add_argument("--ef-search", type=int, default=None, help=f"HNSW candidate list while searching ({which}).")
+    which = "default 16" if build else "default: the index's"
+    parser.add_argument("--nprobe", type=int, default=None, help=f"IVF lists scanned per query ({which}).")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from matryoshka_st.search import FunnelIndex
+    from matryoshka_st.search import FirstStageParams, FunnelIndex
 
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
@@ -165,6 +169,9 @@ def _build(args: argparse.Namespace) -> int:
             "it (the old index stays until the new one is complete)."
         )
     ids, texts = read_texts(args.corpus, args.text_field, args.id_field)
+    flags = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe")
+    first_stage_flags = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    FirstStageParams(args.first_stage, **first_stage_flags)  # a bad flag fails here, before the corpus is encoded
     model, name = _load_model(args.model, args.max_seq_length)
     index = FunnelIndex.from_model(
         model,
@@ -175,11 +182,7 @@ def _build(args: argparse.Namespace) -> int:
         doc_ids=ids,
         batch_size=args.batch_size,
         model_name_or_path=name,
-        hnsw_m=args.hnsw_m,
-        ef_construction=args.ef_construction,
-        ef_search=args.ef_search,
-        nlist=args.nlist,
-        nprobe=args.nprobe,
+        **first_stage_flags,
     )
     index.save(args.output)
     memory = index.memory_report()

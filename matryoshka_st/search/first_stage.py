@@ -60,7 +60,7 @@ class FirstStageParams:
 
     kind: str = "float"
     hnsw_m: int = 32
-    ef_construction: int = 40
+    ef_construction: int = 100  # FAISS's 40 builds a graph that needs ~1.5x the ef_search for recall 0.99
     ef_search: int = 64
     nlist: int | None = None
     nprobe: int = 16

@@ -160,3 +160,25 @@ def test_tune_reports_bad_arguments(tmp_path, capsys):
     argv = ["search", "tune", "--index", str(tmp_path / "index"), "--queries", str(tmp_path / "q.npy")]
     assert main([*argv, "--target-recall", "2"]) == 2
     assert "target_recall must be a number in [0.0, 1.0], got 2.0" in capsys.readouterr().err
+
+
+def test_build_defaults_are_the_library_defaults(tmp_path, model_dir, beir_corpus):
+    from matryoshka_st.search import FirstStageParams
+
+    index_dir = tmp_path / "index"
+    argv = ["search", "build", "--model", str(model_dir), "--corpus", str(beir_corpus), "--output", str(index_dir)]
+    assert main([*argv, "--stages", "16:5", "--first-stage", "hnsw"]) == 0
+    assert FunnelIndex.load(index_dir).params == FirstStageParams("hnsw")
+    assert FirstStageParams().ef_construction == 100
+
+
+def test_bad_first_stage_flag_fails_before_the_model_loads(tmp_path, beir_corpus, capsys, monkeypatch):
+    import matryoshka_st.cli.search as search_cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(search_cli, "_load_model", no_model)
+    argv = ["search", "build", "--model", "unused", "--corpus", str(beir_corpus), "--output", str(tmp_path / "i")]
+    assert main([*argv, "--stages", "16:5", "--first-stage", "hnsw", "--ef-construction", "0"]) == 2
+    assert "ef_construction must be a positive integer, got 0" in capsys.readouterr().err

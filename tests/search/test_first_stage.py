@@ -72,7 +72,7 @@ def test_save_load_keeps_first_stage_params(corpus, queries, tmp_path, first_sta
     )
     index.save(tmp_path / "index")
     loaded = FunnelIndex.load(tmp_path / "index", mmap=mmap)
-    assert loaded.params == index.params == FirstStageParams(first_stage, 8, 40, 77, 12, 5)
+    assert loaded.params == index.params == FirstStageParams(first_stage, 8, 100, 77, 12, 5)
     if first_stage == "ivf":
         assert loaded._index.nprobe == 5 and loaded._index.nlist == 12
     else:
