@@ -12,8 +12,8 @@ Systems: exact flat at full dim; HNSW at full dim (M 32, efSearch swept); binary
 rescores the unpacked bits of the top ``k * multiplier``); the flat funnels (float 64-dim prefix, binary 384 bits);
 the sublinear funnels (HNSW on a float prefix, HNSW on binary codes, IVF on a float prefix), swept and tuned.
 
-    python benchmarks/_funnel_corpus.py --data ../shared/data --limit 40960 [--model PATH]  # encode (cached, resumable)
-    python benchmarks/funnel_search.py --data ../shared/data --limit 40960 --finetuned PATH   # add --encode to encode
+    python benchmarks/_funnel_corpus.py --data ../shared/data [--model PATH]  # encode all 355,847 texts (cached, resumable)
+    python benchmarks/funnel_search.py --data ../shared/data --finetuned PATH --repeats 2  # --limit N: a sample
 """
 
 from __future__ import annotations
