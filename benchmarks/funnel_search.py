@@ -92,7 +92,7 @@ def faiss_bytes(index) -> int:
     return int(faiss.serialize_index(index).size)
 
 
-def bench_peers(corpus, queries, exact, k, repeats, ef_construction: int = 40) -> list[System]:
+def bench_peers(corpus, queries, exact, k, repeats, ef_construction: int) -> list[System]:
     import faiss
 
     n, dim = corpus.shape
@@ -164,8 +164,9 @@ def _check_st_recipe(binary, corpus, queries, k, st_rescore) -> None:
     logger.info("binary rescoring recipe: %.0f%% of queries identical to semantic_search_faiss", 100 * same)
 
 
-def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target, ef_construction: int = 40) -> list[System]:
+def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target, ef_construction: int) -> list[System]:
     from matryoshka_st.search import FunnelIndex
+    from matryoshka_st.search.first_stage import HNSW_STAGES
 
     specs = [
         ("flat funnel: float 64 -> rerank 384", [(64, 100)], "float", {}),
@@ -178,14 +179,14 @@ def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target, ef_c
     systems = []
     for name, stages, kind, options in specs:
         start = time.perf_counter()
-        if kind in ("hnsw", "int8_hnsw", "binary_hnsw"):
+        if kind in HNSW_STAGES:
             options = {**options, "ef_construction": ef_construction}
         index = FunnelIndex.from_embeddings(corpus, stages=stages, first_stage=kind, **options)
         build = time.perf_counter() - start
         memory = index.memory_report()
         system = System(name, memory.first_stage_bytes_per_vector * len(index), memory.bytes_per_vector, build)
         first_dim = stages[0][0]
-        if kind in ("hnsw", "int8_hnsw", "binary_hnsw"):
+        if kind in HNSW_STAGES:
             # A shortlist shorter than ef_search keeps the graph search as wide and reranks fewer rows.
             grid = [(ef, s) for ef in FUNNEL_EFS for s in sorted({max(2 * k, ef // 4), ef // 2, ef})]
         elif kind == "ivf":
@@ -193,7 +194,7 @@ def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target, ef_c
         else:
             grid = [(None, s) for s in SHORTLISTS]
         for setting, shortlist in grid:
-            option = {"ef_search": setting} if kind in ("hnsw", "int8_hnsw", "binary_hnsw") else {"nprobe": setting}
+            option = {"ef_search": setting} if kind in HNSW_STAGES else {"nprobe": setting}
             index.set_search_params(stages=[(first_dim, shortlist)], **(option if setting else {}))
             label = (f"{next(iter(option))} {setting}, " if setting else "") + f"shortlist {shortlist}"
             point = timed_point(lambda q, index=index: index.search(q, k=k)[1], queries, exact, repeats, label)

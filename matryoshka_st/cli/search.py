@@ -12,16 +12,15 @@ prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 
 from matryoshka_st.readers import read_texts
+from matryoshka_st.search.first_stage import FIRST_STAGES, FirstStageParams
 
 logger = logging.getLogger(__name__)
-
-# matryoshka_st.search.first_stage.FIRST_STAGES, spelled out so that `--help` does not import torch and FAISS.
-FIRST_STAGES = ("float", "int8", "binary", "hnsw", "int8_hnsw", "binary_hnsw", "ivf")
 
 
 def parse_stages(value: str) -> list[tuple[int, int]]:
@@ -49,14 +48,22 @@ def _add_first_stage_flags(parser: argparse.ArgumentParser, build: bool) -> None
     index's) for ``query``."""
     # A None default leaves the value to FirstStageParams (build) or to the saved index (query): one set of defaults.
     if build:
-        parser.add_argument("--hnsw-m", type=int, default=None, help="HNSW neighbours per node (FAISS M; default 32).")
         parser.add_argument(
-            "--ef-construction", type=int, default=None, help="HNSW candidate list while building (default 100)."
+            "--hnsw-m",
+            type=int,
+            default=None,
+            help=f"HNSW neighbours per node (FAISS M; default {FirstStageParams.hnsw_m}).",
+        )
+        parser.add_argument(
+            "--ef-construction",
+            type=int,
+            default=None,
+            help=f"HNSW candidate list while building (default {FirstStageParams.ef_construction}).",
         )
         parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: 4 * sqrt(N)).")
-    which = "default 64" if build else "default: the index's"
+    which = f"default {FirstStageParams.ef_search}" if build else "default: the index's"
     parser.add_argument("--ef-search", type=int, default=None, help=f"HNSW candidate list while searching ({which}).")
-    which = "default 16" if build else "default: the index's"
+    which = f"default {FirstStageParams.nprobe}" if build else "default: the index's"
     parser.add_argument("--nprobe", type=int, default=None, help=f"IVF lists scanned per query ({which}).")
 
 
@@ -160,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from matryoshka_st.search import FirstStageParams, FunnelIndex
+    from matryoshka_st.search import FunnelIndex
 
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
@@ -169,7 +176,7 @@ def _build(args: argparse.Namespace) -> int:
             "it (the old index stays until the new one is complete)."
         )
     ids, texts = read_texts(args.corpus, args.text_field, args.id_field)
-    flags = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe")
+    flags = [field.name for field in dataclasses.fields(FirstStageParams) if field.name != "kind"]
     first_stage_flags = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
     FirstStageParams(args.first_stage, **first_stage_flags)  # a bad flag fails here, before the corpus is encoded
     model, name = _load_model(args.model, args.max_seq_length)

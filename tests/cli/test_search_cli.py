@@ -99,13 +99,6 @@ def test_console_subcommand_query(tmp_path, model_dir, beir_corpus):
     assert all(np.all(np.diff(r["scores"]) <= 0) for r in records)
 
 
-def test_first_stage_choices_match_the_library():
-    from matryoshka_st.cli.search import FIRST_STAGES as CLI_STAGES
-    from matryoshka_st.search.first_stage import FIRST_STAGES
-
-    assert CLI_STAGES == FIRST_STAGES
-
-
 def test_build_hnsw_query_with_overrides(tmp_path, model_dir, beir_corpus, tiny_model, capsys):
     index_dir = tmp_path / "index"
     argv = ["search", "build", "--model", str(model_dir), "--corpus", str(beir_corpus), "--output", str(index_dir)]
