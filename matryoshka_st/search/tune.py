@@ -6,6 +6,10 @@ one candidate pool and evaluates every shorter shortlist as a prefix of that poo
 returns for the shorter shortlist with the same setting (the best ``S`` of the same candidates; with Hamming
 distances, up to which of several tied candidates is cut). The cheapest shortlist meeting the target per setting is
 then timed, and the fastest kept; the held-back recall is measured with real searches.
+
+The search over schedules is the same for every backend: what it asks of the index (exact search, first stages at
+other dims, a candidate pool with its cosines) is FAISS for a :class:`FunnelIndex` (``_FaissTarget``) and SQL for
+:class:`~matryoshka_st.search.pgvector.PgvectorIndex`, whose ``_tune_target()`` returns its own.
 """
 
 from __future__ import annotations
@@ -181,40 +185,34 @@ def tune_index(
             f"{len(queries)} queries with holdout_fraction={holdout_fraction} leave no tuning or no held-back "
             "query: pass more queries (a few hundred give a stable recall)."
         )
-    kind, full_dim, n = index.first_stage, index.full_dim, len(index)
+    full_dim, n = index.full_dim, len(index)
+    # The backend's side of tuning; a FunnelIndex's is FAISS (below), another backend brings its own.
+    target = index._tune_target() if hasattr(index, "_tune_target") else _FaissTarget(index)
     current_dim = index.stages[0][0]
     first_dims = [current_dim] if first_dims is None else _grid("first_dims", first_dims, (), 1, full_dim)
     shortlists = _grid("shortlists", shortlists, [int(k * m) for m in SHORTLIST_MULTIPLIERS], k, n)
-    if kind in HNSW_STAGES:
-        settings = _grid("ef_searches", ef_searches, EF_SEARCHES, 1, 1 << 16)
-    elif kind == "ivf":
-        settings = _grid("nprobes", nprobes, NPROBES, 1, index._index.nlist)
-    else:
-        settings = [None]
+    settings = target.settings(ef_searches, nprobes)
     for dim in first_dims:
         for rerank_dim in [None, *rerank_dims]:
             schedule = [(dim, max(shortlists[-1], k + 1))] + ([(rerank_dim, k)] if rerank_dim else [])
-            validate_stages(schedule, full_dim, kind)
+            target.validate_stages(schedule)
 
     order = np.random.default_rng(seed).permutation(len(queries))
     tune_queries, holdout_queries = queries[order[num_holdout:]], queries[order[:num_holdout]]
-    exact = exact_top_k(index.embeddings, tune_queries, k)
-    candidates, indexes = [], {current_dim: index._index}
+    exact = target.exact_top_k(tune_queries, k)
+    candidates = []
     start = time.perf_counter()
     for dim in first_dims:
-        if dim not in indexes:
-            indexes = {
-                current_dim: index._index,
-                dim: build_first_stage(truncate_numpy(index.embeddings, dim), index.params),
-            }
-        index._index, index.stages = indexes[dim], [(dim, shortlists[-1])]
+        target.use_first_dim(dim, shortlists[-1])
         for setting in settings:
-            index.set_search_params(**_setting_kwargs(kind, setting))
-            pool_size = min(setting, n) if kind in HNSW_STAGES else shortlists[-1]
-            pool = index._shortlist(tune_queries, pool_size)  # (Q, P), best first
-            full = torch.from_numpy(index._rescore(tune_queries, pool, full_dim, None))
+            index.set_search_params(**target.setting_kwargs(setting))
+            pool_size = target.pool_size(setting, shortlists[-1])
+            # (Q, P) ids best first, and their cosines at each dim a candidate schedule reranks at
+            pool, cosines = target.pool(tune_queries, pool_size, [full_dim, *rerank_dims])
+            full = torch.from_numpy(cosines[full_dim])
             for rerank_dim in [None, *rerank_dims]:
-                found = _cheapest(index, tune_queries, pool, full, exact, shortlists, rerank_dim, target_recall)
+                mid = None if rerank_dim is None else torch.from_numpy(cosines[rerank_dim])
+                found = _cheapest(pool, full, mid, exact, shortlists, rerank_dim, full_dim, target_recall)
                 if found is not None:
                     stages, recall = found
                     candidates.append(
@@ -222,26 +220,25 @@ def tune_index(
                     )
     logger.info("Evaluated %d candidate schedules in %.1f s.", len(candidates), time.perf_counter() - start)
     if not candidates:
-        indexes.clear()
+        target.release()
         raise ValueError(
             f"No schedule reached recall@{k} {target_recall} on the tuning queries: allow longer shortlists, larger "
             "ef_searches / nprobes, a longer first-stage dim or a lower target."
         )
     for candidate in candidates:
-        _apply(index, indexes, kind, candidate)
+        target.apply(candidate)
         speed = measure_speed(lambda q: index.search(q, k=k), tune_queries, repeats=3, num_single=0)
         candidate["queries_per_second"] = speed.queries_per_second
     best = max(candidates, key=lambda c: c["queries_per_second"])
-    _apply(index, indexes, kind, best)
-    index._first_stage_bytes = None
-    holdout_recall = recall_at_k(
-        index.search(holdout_queries, k=k)[1], exact_top_k(index.embeddings, holdout_queries, k)
-    )
+    target.apply(best)
+    target.finish()
+    holdout_recall = recall_at_k(index.search(holdout_queries, k=k)[1], target.exact_top_k(holdout_queries, k))
     speed = measure_speed(lambda q: index.search(q, k=k), holdout_queries)
+    ef_search, nprobe = target.search_params()
     result = TuneResult(
         stages=list(index.stages),
-        ef_search=index.params.ef_search if kind in HNSW_STAGES else None,
-        nprobe=index.params.nprobe if kind == "ivf" else None,
+        ef_search=ef_search,
+        nprobe=nprobe,
         target_recall=float(target_recall),
         k=k,
         tune_recall=best["recall"],
@@ -267,8 +264,9 @@ def _apply(index: FunnelIndex, indexes: dict, kind: str, candidate: dict) -> Non
     index.set_search_params(stages=candidate["stages"], **_setting_kwargs(kind, candidate["setting"]))
 
 
-def _cheapest(index, queries, pool, full, exact, shortlists, rerank_dim, target) -> tuple[list, float] | None:
-    """The shortest shortlist of ``pool`` (and rerank shortlist at ``rerank_dim``) whose recall meets ``target``."""
+def _cheapest(pool, full, mid, exact, shortlists, rerank_dim, full_dim, target) -> tuple[list, float] | None:
+    """The shortest shortlist of ``pool`` ``(Q, P)`` (and rerank shortlist at ``rerank_dim``) whose recall meets
+    ``target``; ``full`` and ``mid`` are the pool's cosines at ``full_dim`` and at ``rerank_dim``."""
     k = exact.shape[1]
     pool_size = pool.shape[1]
     if rerank_dim is None:
@@ -278,10 +276,6 @@ def _cheapest(index, queries, pool, full, exact, shortlists, rerank_dim, target)
             if recall >= target:
                 return [size], recall
         return None
-    norms = np.linalg.norm(index.embeddings[np.where(pool < 0, 0, pool).reshape(-1), :rerank_dim], axis=1)
-    mid = torch.from_numpy(
-        index._rescore(queries, pool, rerank_dim, None) / np.maximum(norms, 1e-12).reshape(pool.shape)
-    )
     best = None
     for size in (s for s in shortlists if s <= pool_size):
         for keep in (s for s in shortlists if s < size):
@@ -289,8 +283,74 @@ def _cheapest(index, queries, pool, full, exact, shortlists, rerank_dim, target)
             top = torch.gather(kept, 1, torch.topk(torch.gather(full, 1, kept), k, dim=1).indices).numpy()
             recall = recall_at_k(np.take_along_axis(pool, top, axis=1), exact)
             if recall >= target:
-                cost = size * rerank_dim + keep * index.full_dim
+                cost = size * rerank_dim + keep * full_dim
                 if best is None or cost < best[0]:
                     best = (cost, [size, (rerank_dim, keep)], recall)
                 break
     return None if best is None else (best[1], best[2])
+
+
+class _FaissTarget:
+    """What :func:`tune_index` asks of a :class:`FunnelIndex`: its search-time settings, exact search (FAISS brute
+    force), first stages at other dims, a candidate pool with its cosines, and applying a candidate schedule.
+
+    Another backend gives ``tune_index`` an object with the same methods from its ``_tune_target()``.
+    """
+
+    def __init__(self, index: FunnelIndex) -> None:
+        self.index, self.kind = index, index.first_stage
+        self.current_dim = index.stages[0][0]
+        self.indexes = {self.current_dim: index._index}
+
+    def settings(self, ef_searches, nprobes) -> list:
+        if self.kind in HNSW_STAGES:
+            return _grid("ef_searches", ef_searches, EF_SEARCHES, 1, 1 << 16)
+        if self.kind == "ivf":
+            return _grid("nprobes", nprobes, NPROBES, 1, self.index._index.nlist)
+        return [None]
+
+    def validate_stages(self, stages) -> None:
+        validate_stages(stages, self.index.full_dim, self.kind)
+
+    def setting_kwargs(self, setting: int | None) -> dict:
+        return _setting_kwargs(self.kind, setting)
+
+    def pool_size(self, setting: int | None, longest_shortlist: int) -> int:
+        return min(setting, len(self.index)) if self.kind in HNSW_STAGES else longest_shortlist
+
+    def exact_top_k(self, queries: np.ndarray, k: int) -> np.ndarray:
+        return exact_top_k(self.index.embeddings, queries, k)
+
+    def use_first_dim(self, dim: int, shortlist: int) -> None:
+        index = self.index
+        if dim not in self.indexes:
+            self.indexes = {
+                self.current_dim: index._index,
+                dim: build_first_stage(truncate_numpy(index.embeddings, dim), index.params),
+            }
+        index._index, index.stages = self.indexes[dim], [(dim, shortlist)]
+
+    def pool(self, queries: np.ndarray, pool_size: int, dims: Sequence[int]) -> tuple[np.ndarray, dict]:
+        index = self.index
+        pool = index._shortlist(queries, pool_size)  # (Q, P), best first
+        cosines = {}
+        for dim in dims:
+            if dim == index.full_dim:
+                cosines[dim] = index._rescore(queries, pool, dim, None)
+            else:
+                norms = np.linalg.norm(index.embeddings[np.where(pool < 0, 0, pool).reshape(-1), :dim], axis=1)
+                cosines[dim] = index._rescore(queries, pool, dim, None) / np.maximum(norms, 1e-12).reshape(pool.shape)
+        return pool, cosines
+
+    def apply(self, candidate: dict) -> None:
+        _apply(self.index, self.indexes, self.kind, candidate)
+
+    def finish(self) -> None:
+        self.index._first_stage_bytes = None
+
+    def release(self) -> None:
+        self.indexes.clear()
+
+    def search_params(self) -> tuple[int | None, int | None]:
+        params = self.index.params
+        return (params.ef_search if self.kind in HNSW_STAGES else None, params.nprobe if self.kind == "ivf" else None)
