@@ -1,4 +1,5 @@
-"""Reading the file formats the project accepts: JSON lines, BEIR retrieval folders and text lists.
+"""Reading the file formats the project accepts: JSON lines, BEIR retrieval folders, text lists, and the files a
+saved model folder must hold (:func:`check_model_folder`).
 
 Every error is a :class:`FormatError` (a ``ValueError``) whose message starts with ``FILE:LINE:`` where a line is
 to blame, and says what was expected. Training, evaluation, search, adapt and the benchmarks all read through here.
@@ -260,6 +261,7 @@ def _read_qrels(path: Path, query_ids: dict[str, Any], corpus_ids: dict[str, Any
 __all__ = [
     "BeirFolder",
     "FormatError",
+    "check_model_folder",
     "iter_jsonl",
     "open_text",
     "read_beir",
@@ -293,3 +295,97 @@ def check_jsonl(path: str | os.PathLike, error: type[ValueError] = FormatError) 
             pass
     except FormatError as bad:
         raise error(str(bad)) from None
+
+
+# What sentence-transformers reads when it loads a module, by the last part of its modules.json "type": the
+# Transformer's weights (transformers' names, sharded or not, or a PEFT adapter's), the torch weights every module
+# saved with ``save_torch_weights`` needs, and the modules that need no folder at all (no config, no weights).
+TRANSFORMER_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+MODULE_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+TRANSFORMER_MODULES = ("Transformer", "MLMTransformer")
+WEIGHTED_MODULES = (
+    "CNN",
+    "Dense",
+    "LSTM",
+    "LayerNorm",
+    "SparseAutoEncoder",
+    "SparseStaticEmbedding",
+    "StaticEmbedding",
+    "WeightedLayerPooling",
+    "WordEmbeddings",
+    "WordWeights",
+)
+FOLDERLESS_MODULES = ("Normalize",)
+
+
+def check_model_folder(name_or_path: str | os.PathLike) -> None:
+    """Refuse a local model folder that cannot load, naming the file that is missing; a Hub id passes.
+
+    What ``modules.json`` lists is checked without loading anything: every module's folder exists, the transformer
+    has its ``config.json`` and weights (``model.safetensors`` or ``pytorch_model.bin``, sharded or not), and every
+    module that holds weights (``Dense``, ``LayerNorm``, ...) has them. A folder without ``modules.json`` is
+    checked as a plain transformers model (``config.json`` and weights at its root), which sentence-transformers
+    loads with mean pooling. Run wherever a model folder the project did not just write is taken (train, eval,
+    adapt, search, info, push), before any expensive work.
+
+    Raises:
+        FormatError: naming the folder, the module and the missing file.
+
+    Example:
+        >>> check_model_folder("output/matryoshka-minilm/final")  # doctest: +SKIP
+        >>> check_model_folder("sentence-transformers/all-MiniLM-L6-v2")  # a Hub id: nothing to check here
+    """
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return
+    fix = "copy the whole folder SentenceTransformer.save_pretrained() wrote (e.g. OUTPUT_DIR/final), or save it again"
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        if not (folder / "config.json").is_file():
+            raise FormatError(
+                f"{folder} is not a model folder: it has neither modules.json (sentence-transformers) nor config.json "
+                f"(transformers). Pass the folder a model was saved to, or a Hub id."
+            )
+        _check_weights(folder, "", "Transformer", TRANSFORMER_WEIGHTS, fix)
+        return
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+            raise ValueError("not a list of modules")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise FormatError(f"{modules_file} is not a valid modules.json ({error}): {fix}.") from None
+    for module in modules:
+        relative = str(module.get("path") or "")
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        where = folder / relative
+        if kind in FOLDERLESS_MODULES:
+            continue
+        if not where.is_dir():
+            raise FormatError(
+                f"{where} is missing: {modules_file} lists the {kind or 'unnamed'} module in {relative!r}, so the "
+                f"model cannot load; {fix}."
+            )
+        if kind in TRANSFORMER_MODULES:
+            if not (where / "config.json").is_file():
+                raise FormatError(
+                    f"{where / 'config.json'} is missing: the {kind} module cannot load without it; {fix}."
+                )
+            _check_weights(where, relative, kind, TRANSFORMER_WEIGHTS, fix)
+        elif kind in WEIGHTED_MODULES:
+            _check_weights(where, relative, kind, MODULE_WEIGHTS, fix)
+
+
+def _check_weights(where: Path, relative: str, kind: str, names: Sequence[str], fix: str) -> None:
+    if not any((where / name).is_file() for name in names):
+        module = f"the {kind} module in {relative!r}" if relative else f"the {kind} module at the folder's root"
+        raise FormatError(
+            f"{where / names[0]} is missing: {module} has no weights ({' or '.join(names[:2])}), so the model "
+            f"cannot load; {fix}."
+        )

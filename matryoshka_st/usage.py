@@ -22,6 +22,7 @@ from sentence_transformers import SentenceTransformer
 
 from matryoshka_st.dims import full_embedding_dim
 from matryoshka_st.metadata import read_matryoshka_config
+from matryoshka_st.readers import check_model_folder
 
 
 def encode_truncated(
@@ -89,7 +90,8 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: when ``path`` is neither a folder nor a Hub model that can be fetched.
-        ValueError: when the folder is not a sentence-transformers model (no ``modules.json``).
+        ValueError: when the folder is not a sentence-transformers model (no ``modules.json``), or a local folder
+            lacks a file it needs to load (see :func:`matryoshka_st.readers.check_model_folder`).
 
     Example:
         >>> info = matryoshka_info("output/matryoshka-minilm/final")  # doctest: +SKIP
@@ -97,13 +99,16 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
         ([384, 256, 128, 64, 32], 128)
     """
     folder = Path(path)
-    if not folder.is_dir():
+    local = folder.is_dir()
+    if not local:
         folder = _hub_json_files(str(path))
     if not is_sentence_transformers_folder(folder):
         raise ValueError(
             f"{str(folder)!r} is not a sentence-transformers model folder: it has no modules.json. Pass the folder "
             "that `matryoshka-st train` saved (e.g. output/matryoshka-minilm/final) or SentenceTransformer.save()."
         )
+    if local:  # a Hub snapshot here holds only the JSON files
+        check_model_folder(folder)
     modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
     last_type = modules[-1].get("type", "") if modules else ""
     st_config = _read_json(folder / "config_sentence_transformers.json")

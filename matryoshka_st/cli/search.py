@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from matryoshka_st.readers import read_texts
+from matryoshka_st.readers import check_model_folder, read_texts
 from matryoshka_st.search.first_stage import FIRST_STAGES, FirstStageParams
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ def _load_model(name_or_path: str | None, max_seq_length: int | None = None):
         from matryoshka_st._bundled import bundled_model_path
 
         name_or_path = bundled_model_path()
+    check_model_folder(name_or_path)
     model = SentenceTransformer(name_or_path)
     if max_seq_length:
         model.max_seq_length = max_seq_length

@@ -37,6 +37,7 @@ from matryoshka_st.evaluation.cache import EmbeddingCache, TruncatedEncoder
 from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
 from matryoshka_st.evaluation.report import Report, render
 from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
+from matryoshka_st.readers import check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,12 @@ def evaluate(
     result_cache = _AtomicResultCache(cache_path=Path(output_folder))
 
     # Load and check everything (models, dims, task data) before the first text is encoded.
+    named = _name_models(models)
+    for spec in named.values():
+        if not isinstance(spec, SentenceTransformer):
+            check_model_folder(str(spec))  # every folder before any model loads
     plans = []
-    for name, spec in _name_models(models).items():
+    for name, spec in named.items():
         model = spec if isinstance(spec, SentenceTransformer) else _load_model(str(spec), device)
         cache = EmbeddingCache(model, name=name)
         model_dims = _dims_for(dims, cache.full_dim)

@@ -55,31 +55,24 @@ class PushResult:
     dry_run: bool = False
 
 
-WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth", "*.onnx")
-
-
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
     """``model_dir`` as a path, after checking it is a saved sentence-transformers model.
 
     Raises:
-        PushError: when it is missing, not a folder, or lacks ``modules.json`` or a config file.
+        PushError: when it is missing, not a folder, or lacks ``modules.json``, a config file, a module folder or
+            a module's weights (:func:`matryoshka_st.readers.check_model_folder`).
     """
     folder = Path(model_dir)
     if not folder.is_dir():
         raise PushError(f"Model folder {str(folder)!r} does not exist: pass the folder `matryoshka-st train` saved.")
     try:
-        matryoshka_info(folder)
+        matryoshka_info(folder)  # modules.json, then every module's folder and weights (check_model_folder)
     except ValueError as error:
-        raise PushError(str(error)) from error
+        raise PushError(f"{error} Nothing was uploaded.") from error
     if not (folder / "config_sentence_transformers.json").is_file() and not (folder / "config.json").is_file():
         raise PushError(
             f"{str(folder)!r} has a modules.json but neither config_sentence_transformers.json nor config.json: it "
             "is not a complete saved model. Save it again with SentenceTransformer.save_pretrained()."
-        )
-    if not any(next(folder.rglob(pattern), None) for pattern in WEIGHT_FILES):
-        raise PushError(
-            f"{str(folder)!r} holds no model weights ({', '.join(WEIGHT_FILES)}): the upload would have no model. "
-            "Pass the folder SentenceTransformer.save_pretrained() wrote, e.g. OUTPUT_DIR/final."
         )
     return folder
 

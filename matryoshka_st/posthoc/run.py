@@ -14,6 +14,7 @@ from sentence_transformers import SentenceTransformer
 from matryoshka_st.dims import full_embedding_dim, validate_dims
 from matryoshka_st.posthoc.adaptor import add_adaptor, resolve_config
 from matryoshka_st.posthoc.pca import add_pca_rotation
+from matryoshka_st.readers import check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ def adapt(
         kwargs.setdefault("seed", seed)
         resolve_config(None, kwargs)  # unknown or invalid settings fail here, before the model is loaded
 
+    if not isinstance(model_name_or_path, SentenceTransformer):
+        check_model_folder(model_name_or_path)
     model = (
         model_name_or_path
         if isinstance(model_name_or_path, SentenceTransformer)

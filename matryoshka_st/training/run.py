@@ -26,6 +26,7 @@ from matryoshka_st.dims import full_embedding_dim
 from matryoshka_st.losses import MatryoshkaLoss
 from matryoshka_st.losses.heads import HEADS_CONFIG_NAME
 from matryoshka_st.metadata import MatryoshkaConfig, matryoshka_config_from_loss, write_matryoshka_config
+from matryoshka_st.readers import FormatError, check_model_folder
 from matryoshka_st.recipes import Recipe
 from matryoshka_st.training._launch import log_launch
 from matryoshka_st.training.arguments import ConfigError, TrainConfig, launched_processes, parse_config
@@ -89,6 +90,11 @@ def _load_model(config: TrainConfig) -> SentenceTransformer:
         name = bundled_model_path()
     elif not os.path.exists(name) and name.startswith((".", "/", "~")):
         raise ConfigError(f"Model folder {name!r} does not exist.")
+    else:
+        try:
+            check_model_folder(name)
+        except FormatError as error:
+            raise ConfigError(f"--model_name_or_path: {error}") from None
     try:
         model = SentenceTransformer(name, trust_remote_code=config.model.trust_remote_code, device="cpu")
     except Exception as error:

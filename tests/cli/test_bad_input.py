@@ -34,8 +34,10 @@ RESULTS = "eval_out/results"
 def world(tmp_path_factory) -> Path:
     """The files every row starts from; ``checkpoints``, ``eval_out``, ``index`` and ``final`` are earlier outputs."""
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense
 
     from matryoshka_st.evaluation import evaluate
+    from matryoshka_st.posthoc.pca import insert_before_normalize
     from matryoshka_st.search import FunnelIndex
 
     root = tmp_path_factory.mktemp("world")
@@ -57,6 +59,9 @@ def world(tmp_path_factory) -> Path:
     (root / "noweights").mkdir()
     for name in ("modules.json", "config.json", "config_sentence_transformers.json"):
         shutil.copy(root / "model" / name, root / "noweights" / name)
+    rotated = SentenceTransformer(str(root / "model"), device="cpu")  # with a weighted module, as the recipes save
+    insert_before_normalize(rotated, [Dense(64, 64)])
+    rotated.save_pretrained(str(root / "rotated"))
 
     tiny = SentenceTransformer(str(root / "model"), device="cpu")
     evaluate({"tiny": tiny}, [root / "beir"], dims=[64, 32], output_folder=root / "eval_out", show_progress_bar=False)
@@ -191,6 +196,49 @@ CASES = [
         "push-dry-run-without-weights",
         ["push", "noweights", "--repo-id", "me/x", "--dry-run", "up"],
         says=("weights",),
+    ),
+    # a model folder that cannot load is refused before any work, naming the missing file (issue 20)
+    Case(
+        "push-without-the-encoder-weights",
+        ["push", "rotated", "--repo-id", "me/x", "--dry-run", "up"],
+        says=("rotated/model.safetensors is missing", "Transformer module at the folder's root"),
+        damage=lambda root: (root / "rotated" / "model.safetensors").unlink(),
+    ),
+    Case(
+        "push-without-the-dense-weights",
+        ["push", "rotated", "--repo-id", "me/x", "--dry-run", "up"],
+        says=("2_Dense/model.safetensors is missing", "Dense module"),
+        damage=lambda root: (root / "rotated" / "2_Dense" / "model.safetensors").unlink(),
+    ),
+    Case(
+        "info-without-the-encoder-weights",
+        ["info", "rotated"],
+        says=("rotated/model.safetensors is missing",),
+        damage=lambda root: (root / "rotated" / "model.safetensors").unlink(),
+    ),
+    Case(
+        "eval-without-the-encoder-weights",
+        ["eval", "rotated", "--tasks", "beir", "--output", "e"],
+        says=("rotated/model.safetensors is missing",),
+        damage=lambda root: (root / "rotated" / "model.safetensors").unlink(),
+    ),
+    Case(
+        "search-build-without-the-encoder-weights",
+        ["search", "build", "--model", "rotated", "--corpus", "beir/corpus.jsonl", "--output", "new_index"],
+        says=("rotated/model.safetensors is missing",),
+        damage=lambda root: (root / "rotated" / "model.safetensors").unlink(),
+    ),
+    Case(
+        "adapt-without-a-module-folder",
+        ["adapt", "rotated", "--texts", "beir/corpus.jsonl", "--output", "adapted"],
+        says=("rotated/1_Pooling is missing", "Pooling module"),
+        damage=lambda root: shutil.rmtree(root / "rotated" / "1_Pooling"),
+    ),
+    Case(
+        "train-without-the-encoder-weights",
+        ["train", "--model_name_or_path", "rotated", "--train_data", "pairs.jsonl", "--output_dir", "o"],
+        says=("--model_name_or_path", "rotated/model.safetensors is missing"),
+        damage=lambda root: (root / "rotated" / "model.safetensors").unlink(),
     ),
     Case(
         "push-offline",
