@@ -43,9 +43,12 @@ class CachedForward:
         self.recording = True
         self.index = 0
         self.dim: int | None = None
+        self.transform: Callable[[Tensor], Tensor] | None = None
 
-    def start(self, dim: int) -> None:
+    def start(self, dim: int, transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Begin the pass at ``dim``; ``transform`` is applied to each truncated embedding (e.g. fake quantization)."""
         self.dim = dim
+        self.transform = transform
         self.index = 0
         self.recording = not self.outputs
 
@@ -64,4 +67,5 @@ class CachedForward:
         embedding = self.full[self.index] if not self.recording else output["sentence_embedding"]
         self.index += 1
         # A shallow copy: the inner loss may write into the dict, and every dim must start from the full embedding.
-        return {**output, "sentence_embedding": truncate(embedding, self.dim)}
+        truncated = truncate(embedding, self.dim)
+        return {**output, "sentence_embedding": truncated if self.transform is None else self.transform(truncated)}

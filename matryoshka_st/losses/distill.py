@@ -13,45 +13,89 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers.util import all_gather_with_grad, get_rank
 from torch import Tensor
 
-from matryoshka_st.dims import truncate
+from matryoshka_st.losses._shells import prefix_cosines
 
 
-def _similarity_logits(columns: Sequence[Tensor], dim: int | None, scale: float) -> Tensor:
-    """``(B, C)`` scaled cosine similarities of the anchors (first column) to every candidate, in float32.
+def candidates_of(columns: Sequence[Tensor], gather: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The candidates ``(C, D)`` the anchors (first column) are compared with, and the mask of each anchor's own row
+    among them (``None`` unless there is one column, whose anchors are compared with each other).
 
     Candidates are the other columns stacked (positives, then hard negatives), as in
-    ``MultipleNegativesRankingLoss``. With a single column the anchors are compared with each other and the
-    diagonal (a text with itself) is masked out.
+    ``MultipleNegativesRankingLoss``. ``gather`` takes them from every process (with gradients), as that loss does
+    with ``gather_across_devices=True``: this process's anchors against the candidates of all processes.
     """
-    columns = [column.float() for column in columns]
-    if dim is not None:
-        columns = [truncate(column, dim) for column in columns]
-    else:
-        columns = [F.normalize(column, p=2, dim=-1) for column in columns]
-    anchors = columns[0]  # (B, d)
-    candidates = torch.cat(columns[1:]) if len(columns) > 1 else anchors  # (C, d)
-    logits = scale * anchors @ candidates.T  # (B, C)
-    if len(columns) == 1:
-        logits = logits.masked_fill(torch.eye(len(anchors), dtype=torch.bool, device=logits.device), float("-inf"))
-    return logits
+    anchors = columns[0]
+    rest = list(columns[1:]) or [anchors]
+    if gather:
+        rest = [all_gather_with_grad(column) for column in rest]
+    candidates = torch.cat(rest) if len(rest) > 1 else rest[0]  # (C, D)
+    if len(columns) > 1:
+        return candidates, None
+    offset = get_rank() * len(anchors) if gather and len(candidates) > len(anchors) else 0
+    mask = torch.zeros(len(anchors), len(candidates), dtype=torch.bool, device=anchors.device)
+    rows = torch.arange(len(anchors), device=anchors.device)
+    mask[rows, rows + offset] = True
+    return candidates, mask
+
+
+def distillation_from_cosines(
+    cosines: dict[int, Tensor],
+    full_dim: int,
+    dims: Sequence[int],
+    temperature: float = 1.0,
+    scale: float = 20.0,
+    self_mask: Tensor | None = None,
+) -> dict[int, Tensor]:
+    """The terms of :func:`similarity_distillation` from the anchors-to-candidates cosine similarities ``(B, C)`` at
+    ``full_dim`` (the teacher, detached here) and at each of ``dims``, e.g. those the inner loss already computed.
+    ``self_mask`` ``(B, C)`` marks candidates left out (an anchor compared with itself)."""
+
+    def log_probs(cosine: Tensor) -> Tensor:
+        logits = scale * cosine.float() / temperature
+        if self_mask is not None:
+            logits = logits.masked_fill(self_mask, float("-inf"))
+        return F.log_softmax(logits, dim=-1)
+
+    teacher = log_probs(cosines[full_dim].detach())
+    finite = torch.isfinite(teacher) if self_mask is not None else None
+    terms = {}
+    for dim in dims:
+        if dim >= full_dim:
+            terms[dim] = teacher.new_zeros(())
+            continue
+        pointwise = teacher.exp() * (teacher - log_probs(cosines[dim]))
+        if finite is not None:
+            # masked (-inf) entries have zero teacher mass; -inf - -inf would give nan
+            pointwise = torch.where(finite, pointwise, torch.zeros_like(pointwise))
+        terms[dim] = pointwise.sum(dim=-1).mean() * temperature**2
+    return terms
 
 
 def similarity_distillation(
-    columns: Sequence[Tensor], dims: Sequence[int], temperature: float = 1.0, scale: float = 20.0
+    columns: Sequence[Tensor],
+    dims: Sequence[int],
+    temperature: float = 1.0,
+    scale: float = 20.0,
+    gather: bool = False,
 ) -> dict[int, Tensor]:
     """KL divergence from the full-dimension in-batch similarity distribution to the one at each of ``dims``.
 
     ``KL(p_full || p_d)`` with ``p = softmax(scale * cos(anchor, candidates) / temperature)`` per anchor, averaged over
     anchors and multiplied by ``temperature ** 2`` (so the gradient's size does not shrink as the temperature grows,
     as in Hinton et al.'s distillation). The teacher (full dimension) is detached: only the prefixes learn from it.
+    The similarities of every dim come from one shell-by-shell pass
+    (:func:`~matryoshka_st.losses._shells.prefix_cosines`).
 
     Args:
         columns: the full-size embeddings of each input column, each ``(B, D)``; the first column holds the anchors.
+            With a single column the anchors are compared with each other (the diagonal left out).
         dims: the dimensions to distil into (the full dimension, if listed, gets a zero term).
         temperature: softens both distributions; ``> 0``.
         scale: the inner loss's similarity scale (``MultipleNegativesRankingLoss`` uses 20).
+        gather: compare with the candidates of every process (see :func:`candidates_of`).
 
     Returns:
         ``{dim: scalar tensor}``, computed in float32.
@@ -64,16 +108,6 @@ def similarity_distillation(
         ([16, 32], True)
     """
     full_dim = columns[0].shape[-1]
-    with torch.no_grad():
-        teacher = F.log_softmax(_similarity_logits(columns, None, scale) / temperature, dim=-1)
-    terms = {}
-    for dim in dims:
-        if dim >= full_dim:
-            terms[dim] = teacher.new_zeros(())
-            continue
-        student = F.log_softmax(_similarity_logits(columns, dim, scale) / temperature, dim=-1)
-        # masked (-inf) entries have zero teacher mass; kl_div's log_target form would give nan for -inf - -inf
-        finite = torch.isfinite(teacher)
-        pointwise = torch.where(finite, teacher.exp() * (teacher - student), torch.zeros_like(teacher))
-        terms[dim] = pointwise.sum(dim=-1).mean() * temperature**2
-    return terms
+    candidates, mask = candidates_of(columns, gather)
+    cosines = prefix_cosines(columns[0], candidates, [d for d in dims if d < full_dim] + [full_dim])
+    return distillation_from_cosines(cosines, full_dim, dims, temperature, scale, mask)

@@ -21,19 +21,29 @@ from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
 from matryoshka_st.losses._replay import CachedForward, patched
-from matryoshka_st.losses.distill import similarity_distillation
+from matryoshka_st.losses._shells import ShellSimilarity, similarity_owner
+from matryoshka_st.losses.distill import distillation_from_cosines, similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
 from matryoshka_st.losses.paths import computes_from_embeddings
+from matryoshka_st.losses.quant import check_quant_arguments, fake_quantize
 
 logger = logging.getLogger(__name__)
 
 
 def check_recipe_arguments(
-    distill_weight: float = 0.0, distill_temperature: float = 1.0, full_dim_share: float | None = None
+    distill_weight: float = 0.0,
+    distill_temperature: float = 1.0,
+    full_dim_share: float | None = None,
+    quant_weight: float = 0.0,
+    quant_precision: str | Sequence[str] = "binary",
+    quant_dims: Sequence[int] | None = None,
+    quant_warmup: int = 0,
 ) -> None:
-    """``ValueError`` unless ``distill_weight >= 0``, ``distill_temperature > 0`` (both finite numbers) and
-    ``full_dim_share`` is ``None`` or in ``(0, 1)``. The checks of :class:`MatryoshkaLoss`, also run by
+    """``ValueError`` unless ``distill_weight >= 0``, ``distill_temperature > 0`` (both finite numbers),
+    ``full_dim_share`` is ``None`` or in ``(0, 1)``, and the quantization terms' arguments pass
+    :func:`~matryoshka_st.losses.quant.check_quant_arguments`. The checks of :class:`MatryoshkaLoss`, also run by
     :class:`matryoshka_st.recipes.Recipe` so that a training run fails before it loads anything."""
+    check_quant_arguments(quant_weight, quant_precision, quant_dims, quant_warmup)
     for name, value in (("distill_weight", distill_weight), ("distill_temperature", distill_temperature)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}.")
@@ -69,6 +79,10 @@ class MatryoshkaLoss(nn.Module):
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         full_dim_share: float | None = None,
+        quant_weight: float = 0.0,
+        quant_precision: str | Sequence[str] = "binary",
+        quant_dims: Sequence[int] | None = None,
+        quant_warmup: int = 0,
     ) -> None:
         """Train embeddings that still work when cut to their first ``d`` coordinates, for every ``d`` in
         ``matryoshka_dims`` (Matryoshka Representation Learning).
@@ -106,6 +120,14 @@ class MatryoshkaLoss(nn.Module):
             full_dim_share: if set, the full dimension's weight is rescaled to this share of the total weight (the
                 other dims keep their proportions, the total is unchanged), so the full-size embedding is not
                 starved by the small ones. ``None`` keeps ``matryoshka_weights`` as given.
+            quant_weight: weight of quantization-aware training: at each of ``quant_dims`` and each of
+                ``quant_precision``, ``quant_weight * weight_d * inner_loss(codes)`` on the fake-quantized prefixes
+                (straight-through gradients, :func:`matryoshka_st.losses.quant.fake_quantize`) is added and logged as
+                ``quant_<precision>_dim_<d>``. ``0`` (the default) turns it off.
+            quant_precision: ``"binary"``, ``"int8"`` or both (a list).
+            quant_dims: the dims with quantization terms, a subset of ``matryoshka_dims``; ``None`` uses all of them.
+            quant_warmup: the terms' weight grows linearly from 0 over this many training steps (forward passes in
+                training mode, counted by the loss in ``quant_step``); ``0`` applies it from the first step.
 
         References:
             - Kusupati et al., Matryoshka Representation Learning, https://arxiv.org/abs/2205.13147
@@ -157,7 +179,25 @@ class MatryoshkaLoss(nn.Module):
             )
         if head_mode not in HEAD_MODES:
             raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {head_mode!r}.")
-        check_recipe_arguments(distill_weight, distill_temperature, full_dim_share)
+        check_recipe_arguments(
+            distill_weight,
+            distill_temperature,
+            full_dim_share,
+            quant_weight,
+            quant_precision,
+            quant_dims,
+            quant_warmup,
+        )
+        self.quant_precision = check_quant_arguments(quant_weight, quant_precision, quant_dims, quant_warmup)
+        if quant_dims is not None and not set(quant_dims) <= set(self.matryoshka_dims):
+            raise ValueError(
+                f"quant_dims {list(quant_dims)} must be among matryoshka_dims {self.matryoshka_dims}: "
+                "the quantization terms reuse each dim's weight and truncation."
+            )
+        self.quant_weight = float(quant_weight)
+        self.quant_dims = sorted(quant_dims or self.matryoshka_dims, reverse=True)
+        self.quant_warmup = quant_warmup
+        self.quant_step = 0
         if full_dim_share is not None:
             if full_dim not in self.matryoshka_dims or len(self.matryoshka_dims) < 2:
                 raise ValueError(
@@ -210,22 +250,32 @@ class MatryoshkaLoss(nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor | dict[str, Tensor]:
         sentence_features = list(sentence_features)
         active = self._active()
+        quant = self._quant_terms(active)
         distilled: dict[int, Tensor] = {}
+        quantized: dict[str, Tensor] = {}
         if self.uses_gradient_cache:
-            losses = self._forward_gradient_cache(sentence_features, labels, active, distilled)
+            losses = self._forward_gradient_cache(sentence_features, labels, active, distilled, quant, quantized)
         elif self.heads is None and computes_from_embeddings(type(self.loss)):
             embeddings = embed_columns(self.model, sentence_features)  # one (B, D) tensor per column
-            losses = {
-                dim: weight
-                * self.loss.compute_loss_from_embeddings(
-                    [truncate(embedding, dim) for embedding in embeddings], self._dim_labels(labels, dim)
-                )
-                for dim, weight in active
-            }
-            distilled = self._distill(embeddings, active)
+            losses = {}
+            with self._shells(active) as shells:
+                for dim, weight in active:
+                    if shells is not None:
+                        shells.start(dim)
+                    truncated = [truncate(embedding, dim) for embedding in embeddings]
+                    losses[dim] = weight * self.loss.compute_loss_from_embeddings(
+                        truncated, self._dim_labels(labels, dim)
+                    )
+            distilled = self._distill(embeddings, active, shells)
+            for (dim, precision), factor in quant.items():
+                codes = [self._fake_quantize(truncate(embedding, dim), precision) for embedding in embeddings]
+                value = self.loss.compute_loss_from_embeddings(codes, self._dim_labels(labels, dim))
+                quantized[f"quant_{precision}_dim_{dim}"] = factor * value
         else:
-            losses, embeddings = self._forward_replay(sentence_features, labels, active)
-            distilled = self._distill(embeddings, active)
+            losses, embeddings, shells = self._forward_replay(sentence_features, labels, active, quant, quantized)
+            distilled = self._distill(embeddings, active, shells)
+        if self.training and torch.is_grad_enabled():
+            self.quant_step += 1
         # detached tensors, not floats: converting would force a device sync on every step
         self.last_dim_losses = {
             dim: (value + distilled[dim] if dim in distilled else value).detach() for dim, value in losses.items()
@@ -233,36 +283,112 @@ class MatryoshkaLoss(nn.Module):
         if self.log_per_dim:
             components = {f"loss_dim_{dim}": value for dim, value in losses.items()}
             components.update({f"distill_dim_{dim}": value for dim, value in distilled.items()})
+            components.update(quantized)
             return components
-        return torch.stack(list(losses.values()) + list(distilled.values())).sum()
+        return torch.stack(list(losses.values()) + list(distilled.values()) + list(quantized.values())).sum()
 
-    def _distill(self, embeddings: list[Tensor], active: list[tuple[int, float]]) -> dict[int, Tensor]:
-        """``weight * distill_weight * KL`` per active dim below the full one (empty when distillation is off)."""
+    @contextmanager
+    def _shells(self, active: list[tuple[int, float]]):
+        """Serve the inner loss's similarities shell by shell (:class:`ShellSimilarity`) for the block when its
+        ``similarity_fct`` is one :func:`shell_kind` knows and more than one dim is active; else yield ``None``."""
+        owner = similarity_owner(self.loss)
+        if owner is None or len(active) < 2:
+            yield None
+            return
+        shells = ShellSimilarity(owner.similarity_fct, [dim for dim, _ in active])
+        with patched(owner, "similarity_fct", shells):
+            yield shells
+
+    def _distill(
+        self, embeddings: list[Tensor], active: list[tuple[int, float]], shells: ShellSimilarity | None = None
+    ) -> dict[int, Tensor]:
+        """``weight * distill_weight * KL`` per active dim below the full one (empty when distillation is off).
+
+        Reuses the inner loss's own similarities when its first one at every dim was the anchors against all
+        candidates (:meth:`_shared_cosines`); otherwise computes them, shell by shell, against the candidates of
+        every process when the inner loss gathers them."""
         if not self.distill_weight or not embeddings:
             return {}
-        dims = [dim for dim, _ in active if dim < embeddings[0].shape[-1]]
-        terms = similarity_distillation(embeddings, dims, self.distill_temperature, self._similarity_scale())
+        full_dim = embeddings[0].shape[-1]
+        dims = [dim for dim, _ in active if dim < full_dim]
+        scale, temperature = self._similarity_scale(), self.distill_temperature
+        shared = self._shared_cosines(embeddings, full_dim, dims, shells)
+        if shared is not None:
+            terms = distillation_from_cosines(shared, full_dim, dims, temperature, scale)
+        else:
+            terms = similarity_distillation(embeddings, dims, temperature, scale, gather=_gathers(self.loss))
         weights = dict(active)
         return {dim: weights[dim] * self.distill_weight * terms[dim] for dim in dims}
+
+    def _shared_cosines(
+        self, embeddings: list[Tensor], full_dim: int, dims: list[int], shells: ShellSimilarity | None
+    ) -> dict[int, Tensor] | None:
+        """The inner loss's first similarities at the full dim and at ``dims`` when they are the anchors against all
+        candidates: a matrix ``cos_sim`` of a loss whose first direction is ``query_to_doc`` (the
+        ``MultipleNegativesRankingLoss`` family), of the expected shape, unchanged since; else ``None``."""
+        if shells is None or shells.kind != "matrix" or len(embeddings) < 2:
+            return None
+        if tuple(getattr(self.loss, "directions", ()))[:1] != ("query_to_doc",):
+            return None
+        world = torch.distributed.get_world_size() if _gathers(self.loss) else 1
+        shape = (len(embeddings[0]), world * sum(len(column) for column in embeddings[1:]))
+        wanted = [full_dim, *dims]
+        first, versions = shells.first, shells.first_versions
+        if not all(dim in first and tuple(first[dim].shape) == shape for dim in wanted):
+            return None
+        if any(first[dim]._version != versions[dim] for dim in wanted):  # written into by the inner loss
+            return None
+        return {dim: first[dim] for dim in wanted}
+
+    def _quant_terms(self, active: list[tuple[int, float]]) -> dict[tuple[int, str], float]:
+        """``{(dim, precision): weight_d * quant_weight * warm-up factor}`` for the active quantized dims (empty when
+        the terms are off or still at a zero warm-up factor)."""
+        if not self.quant_weight:
+            return {}
+        ramp = min(1.0, self.quant_step / self.quant_warmup) if self.quant_warmup else 1.0
+        if ramp == 0:
+            return {}
+        return {
+            (dim, precision): weight * self.quant_weight * ramp
+            for dim, weight in active
+            if dim in self.quant_dims
+            for precision in self.quant_precision
+        }
+
+    def _fake_quantize(self, prefixes: Tensor, precision: str) -> Tensor:
+        return fake_quantize(prefixes, precision, self.matryoshka_dims)
 
     def _similarity_scale(self) -> float:
         scale = getattr(self.loss, "scale", None)
         return float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 20.0
 
     def _forward_replay(
-        self, sentence_features: list[dict[str, Tensor]], labels: Any, active: list[tuple[int, float]]
-    ) -> tuple[dict[int, Tensor], list[Tensor]]:
+        self,
+        sentence_features: list[dict[str, Tensor]],
+        labels: Any,
+        active: list[tuple[int, float]],
+        quant: dict[tuple[int, str], float],
+        quantized: dict[str, Tensor],
+    ) -> tuple[dict[int, Tensor], list[Tensor], ShellSimilarity | None]:
         """Fallback for losses without ``compute_loss_from_embeddings``: ``model.forward`` is replaced for the
-        duration of this call so that only the first (largest) dimension runs the encoder. Returns the losses and
-        the full-size embeddings the encoder produced, one per call."""
+        duration of this call so that only the first (largest) dimension runs the encoder. Returns the losses, the
+        full-size embeddings the encoder produced (one per call) and the shell similarities, if they served."""
         cached = CachedForward(self.model.forward)
         losses = {}
         with patched(self.model, "forward", cached):
-            for dim, weight in active:
-                cached.start(dim)
+            with self._shells(active) as shells:
+                for dim, weight in active:
+                    if shells is not None:
+                        shells.start(dim)
+                    cached.start(dim)
+                    with self._head(dim):
+                        losses[dim] = weight * self.loss(sentence_features, self._dim_labels(labels, dim))
+            for (dim, precision), factor in quant.items():
+                cached.start(dim, lambda prefixes, p=precision: self._fake_quantize(prefixes, p))
                 with self._head(dim):
-                    losses[dim] = weight * self.loss(sentence_features, self._dim_labels(labels, dim))
-        return losses, cached.full
+                    value = self.loss(sentence_features, self._dim_labels(labels, dim))
+                quantized[f"quant_{precision}_dim_{dim}"] = factor * value
+        return losses, cached.full, shells
 
     @contextmanager
     def _head(self, dim: int):
@@ -282,29 +408,45 @@ class MatryoshkaLoss(nn.Module):
         labels: Any,
         active: list[tuple[int, float]],
         distilled: dict[int, Tensor],
+        quant: dict[tuple[int, str], float],
+        quantized: dict[str, Tensor],
     ) -> dict[int, Tensor]:
         """For GradCache losses (``Cached*``): their ``calculate_loss`` sees every mini-batch's embeddings at once,
-        so it is wrapped, for this call only, to run at each dimension. The gradients of all dims are pushed
-        through the truncation in one backward call."""
+        so it is wrapped, for this call only, to run at each dimension (and on each fake-quantized prefix). The
+        gradients of all of them are pushed through the truncation in one backward call."""
         calculate_loss = self.loss.calculate_loss
         per_dim: dict[int, Tensor] = {}
+        # (dim, weight, precision or None): the inner loss's runs on the float prefixes, then on the codes
+        runs = [(dim, weight, None) for dim, weight in active]
+        runs += [(dim, factor, precision) for (dim, precision), factor in quant.items()]
 
         def matryoshka_calculate_loss(reps: list[list[Tensor]], *args: Any, with_backward: bool = False, **kwargs):
             truncated_all, grads_all = [], []
             total = 0.0
-            for dim, weight in active:
+            for dim, weight, precision in runs:
                 truncated = [[truncate(rep, dim) for rep in column] for column in reps]
+                inputs = [[rep.detach().requires_grad_() for rep in column] for column in truncated]
+                leaves = inputs
+                if precision is not None:  # one set of int8 scales per column, as on the other paths
+                    inputs = [
+                        list(self._fake_quantize(torch.cat(column), precision).split([len(r) for r in column]))
+                        for column in (inputs if with_backward else truncated)
+                    ]
+                elif not with_backward:
+                    inputs = truncated
                 if with_backward:
-                    leaves = [[rep.detach().requires_grad_() for rep in column] for column in truncated]
-                    value = calculate_loss(leaves, *args, with_backward=True, **kwargs)
+                    value = calculate_loss(inputs, *args, with_backward=True, **kwargs)
                     for column, leaf_column in zip(truncated, leaves):
                         for rep, leaf in zip(column, leaf_column):
                             if leaf.grad is not None:
                                 truncated_all.append(rep)
                                 grads_all.append(leaf.grad * weight)
                 else:
-                    value = calculate_loss(truncated, *args, **kwargs)
-                per_dim[dim] = weight * value
+                    value = calculate_loss(inputs, *args, **kwargs)
+                if precision is None:
+                    per_dim[dim] = weight * value
+                else:
+                    quantized[f"quant_{precision}_dim_{dim}"] = (weight * value).detach()
                 total = total + weight * value
             # self-distillation reads every mini-batch's full embeddings at once (the whole batch is the teacher)
             terms = self._distill([torch.cat(column) for column in reps], active)
@@ -323,7 +465,7 @@ class MatryoshkaLoss(nn.Module):
         # `total` carries the GradCache backward hook: route the gradient through the first component and give the
         # others their detached values, so that the components still sum to the total.
         first, *rest = per_dim
-        detached = [per_dim[dim].detach() for dim in rest] + list(distilled.values())
+        detached = [per_dim[dim].detach() for dim in rest] + list(distilled.values()) + list(quantized.values())
         losses = {first: total - sum(detached)}
         losses.update({dim: per_dim[dim].detach() for dim in rest})
         return losses
@@ -340,6 +482,13 @@ class MatryoshkaLoss(nn.Module):
             config.update(distill_weight=self.distill_weight, distill_temperature=self.distill_temperature)
         if self.full_dim_share is not None:
             config["full_dim_share"] = self.full_dim_share
+        if self.quant_weight:
+            config.update(
+                quant_weight=self.quant_weight,
+                quant_precision=list(self.quant_precision),
+                quant_dims=list(self.quant_dims),
+                quant_warmup=self.quant_warmup,
+            )
         if self.heads is not None:
             config["head_mode"] = self.head_mode
         return config
@@ -374,3 +523,8 @@ class MatryoshkaLoss(nn.Module):
     primaryClass={cs.LG}
 }
 """
+
+
+def _gathers(loss: nn.Module) -> bool:
+    """Whether the inner loss compares with the candidates of every process (and a process group is running)."""
+    return bool(getattr(loss, "gather_across_devices", False)) and torch.distributed.is_initialized()

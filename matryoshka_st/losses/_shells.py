@@ -1,0 +1,156 @@
+"""Prefix similarities at every Matryoshka dim from one pass over the coordinates, shell by shell.
+
+The cosine similarity of two prefixes at ``d`` is ``S_d / (|a_:d| |b_:d|)`` with ``S_d = S_prev + a_prev:d . b_prev:d``:
+the dot products grow by one shell ``[prev, d)`` at a time and the prefix norms all come from one cumulative sum of
+squares, so every dim together costs one full-size matmul instead of one per dim. sentence-transformers computes one
+similarity per call; what is written here is the reuse across the dims of one step:
+
+- :func:`prefix_cosines` / :func:`prefix_pairwise_cosines`: the values, for the distillation term and the inner loss;
+- :class:`ShellSimilarity`: stands in for an inner loss's ``similarity_fct`` while :class:`MatryoshkaLoss` runs it at
+  every dim, largest first: the first pass computes every dim's similarities, the later passes take theirs.
+
+Which inner losses it serves is decided by contract (:func:`shell_kind`): a ``similarity_fct`` that is
+sentence-transformers' ``cos_sim`` or ``pairwise_cos_sim``; ``tests/losses/test_shells.py`` classifies every loss
+class sentence-transformers exports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from sentence_transformers.util import cos_sim, pairwise_cos_sim
+from torch import Tensor
+
+ShellKind = Literal["matrix", "pairwise"]
+_EPS = 1e-12  # F.normalize's, which cos_sim uses
+
+
+def _float32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _prefix_norms(x: Tensor, dims: Sequence[int]) -> Tensor:
+    """``(N, len(dims))`` L2 norms of the ``d``-prefixes of ``x`` ``(N, D)``, from one cumulative sum of squares."""
+    index = torch.tensor([d - 1 for d in dims], device=x.device)
+    return x.square().cumsum(-1).index_select(-1, index).sqrt().clamp_min(_EPS)
+
+
+def prefix_cosines(queries: Tensor, candidates: Tensor, dims: Sequence[int]) -> dict[int, Tensor]:
+    """``{d: cos(queries[:, :d], candidates[:, :d])}`` ``(R, C)`` for every ``d`` in ``dims``, in float32.
+
+    Equal to ``cos_sim`` on the prefixes (float32 to ~1e-7), computed shell by shell: one matmul per shell, whose
+    widths add up to the largest dim, and all prefix norms from one cumulative sum of squares per side.
+
+    Example:
+        >>> a, b = torch.randn(4, 64), torch.randn(6, 64)
+        >>> cosines = prefix_cosines(a, b, [64, 16])
+        >>> bool(torch.allclose(cosines[16], cos_sim(a[:, :16], b[:, :16]), atol=1e-6))
+        True
+    """
+    order = sorted(set(dims))
+    with torch.autocast(queries.device.type, enabled=False):
+        queries, candidates = _float32(queries[:, : order[-1]]), _float32(candidates[:, : order[-1]])
+        query_norms, candidate_norms = _prefix_norms(queries, order), _prefix_norms(candidates, order)
+        cosines, dots, previous = {}, None, 0
+        for k, dim in enumerate(order):
+            shell = queries[:, previous:dim] @ candidates[:, previous:dim].T  # (R, C)
+            dots = shell if dots is None else dots + shell
+            cosines[dim] = dots / (query_norms[:, k, None] * candidate_norms[None, :, k])
+            previous = dim
+    return cosines
+
+
+def prefix_pairwise_cosines(a: Tensor, b: Tensor, dims: Sequence[int]) -> dict[int, Tensor]:
+    """``{d: pairwise_cos_sim(a[:, :d], b[:, :d])}`` ``(N,)`` for every ``d`` in ``dims``, in float32: all prefix
+    dot products from one cumulative sum of ``a * b``, all norms from one of the squares."""
+    order = sorted(set(dims))
+    index = torch.tensor([d - 1 for d in order], device=a.device)
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = _float32(a[:, : order[-1]]), _float32(b[:, : order[-1]])
+        dots = (a * b).cumsum(-1).index_select(-1, index)  # (N, K)
+        values = dots / (_prefix_norms(a, order) * _prefix_norms(b, order))
+    return {dim: values[:, k] for k, dim in enumerate(order)}
+
+
+def shell_kind(similarity_fct: object) -> ShellKind | None:
+    """``"matrix"`` for ``cos_sim``, ``"pairwise"`` for ``pairwise_cos_sim``, ``None`` for any other similarity
+    (dot products, angles, ``nn.CosineSimilarity`` modules, custom functions): those keep their own computation."""
+    if similarity_fct is cos_sim:
+        return "matrix"
+    if similarity_fct is pairwise_cos_sim:
+        return "pairwise"
+    return None
+
+
+def similarity_owner(loss: object) -> object | None:
+    """The object whose ``similarity_fct`` attribute the inner loss reads: the loss itself, or the loss it wraps
+    (``CachedMultipleNegativesRankingLoss`` delegates its hyperparameters to a ``MultipleNegativesRankingLoss``).
+    ``None`` when the similarity is not one :func:`shell_kind` knows."""
+    for _ in range(3):
+        if shell_kind(vars(loss).get("similarity_fct")) is not None:
+            return loss
+        if not isinstance(getattr(type(loss), "similarity_fct", None), property):
+            return None
+        loss = getattr(loss, "loss", None)
+        if loss is None:
+            return None
+    return None
+
+
+class ShellSimilarity:
+    """Stands in for ``cos_sim`` / ``pairwise_cos_sim`` while the inner loss runs at every dim of one step.
+
+    :meth:`start` announces each dim, largest first. During the first dim every call computes the similarities of
+    its two inputs at that dim and at every smaller active dim (their prefixes are the smaller dims' inputs, up to a
+    per-row scale that cosines ignore) and returns the first; during the later dims call ``k`` returns what call
+    ``k`` of the first dim computed for it. Calls are matched by order, as the replay path matches encoder calls
+    (deterministic within one loss call); a call whose shapes do not match, or that comes from inputs of another
+    width (a guide model's embeddings), is computed directly.
+
+    Args:
+        similarity_fct: the inner loss's own function (``cos_sim`` or ``pairwise_cos_sim``).
+        dims: the dims of this step, largest first.
+    """
+
+    def __init__(self, similarity_fct: Callable[[Tensor, Tensor], Tensor], dims: Sequence[int]) -> None:
+        kind = shell_kind(similarity_fct)
+        if kind is None:
+            raise ValueError(f"ShellSimilarity serves cos_sim and pairwise_cos_sim, not {similarity_fct!r}.")
+        self.similarity_fct = similarity_fct
+        self.kind: ShellKind = kind
+        self.dims = sorted(dims, reverse=True)
+        self.calls: list[dict[int, Tensor] | None] = []
+        self.first: dict[int, Tensor] = {}  # the first call's similarities at every dim (the distillation's)
+        self.first_versions: dict[int, int] = {}  # their version counters: an in-place write by the loss shows
+        self.dim: int | None = None
+        self.recording = True
+        self.index = 0
+
+    def start(self, dim: int) -> None:
+        self.dim = dim
+        self.recording = dim == self.dims[0]
+        if self.recording:
+            self.calls, self.first, self.first_versions = [], {}, {}
+        self.index = 0
+
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
+        index, self.index = self.index, self.index + 1
+        usable = a.ndim == 2 and b.ndim == 2 and a.shape[-1] == b.shape[-1] == self.dim
+        if self.recording:
+            if not usable:
+                self.calls.append(None)
+                return self.similarity_fct(a, b)
+            compute = prefix_cosines if self.kind == "matrix" else prefix_pairwise_cosines
+            values = compute(a, b, [d for d in self.dims if d <= self.dim])
+            if index == 0:
+                self.first = dict(values)
+                self.first_versions = {dim: value._version for dim, value in values.items()}
+            self.calls.append(values)
+            return values.pop(self.dim)
+        values = self.calls[index] if index < len(self.calls) else None
+        shape = (a.shape[0], b.shape[0]) if self.kind == "matrix" else (a.shape[0],)
+        if usable and values is not None and self.dim in values and values[self.dim].shape == shape:
+            return values.pop(self.dim)
+        return self.similarity_fct(a, b)
