@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from matryoshka_st.dims import truncate_numpy
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -32,3 +35,28 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int, show_p
         ).astype(np.float32)
     finally:
         model.truncate_dim = truncate_dim
+
+
+def query_matrix(
+    queries,
+    model: SentenceTransformer | None,
+    batch_size: int,
+    show_progress_bar: bool,
+    full_dim: int,
+    source_dim: int,
+) -> np.ndarray:
+    """Queries as ``(Q, full_dim)`` unit-length float32: embeddings of dim ``full_dim`` or ``source_dim``, or texts
+    encoded with ``model``."""
+    if isinstance(queries, str) or (isinstance(queries, Sequence) and queries and isinstance(queries[0], str)):
+        if model is None:
+            raise ValueError("Text queries need a model: pass model=... or build the index with from_model.")
+        queries = encode(
+            model, [queries] if isinstance(queries, str) else list(queries), batch_size, show_progress_bar
+        )
+    queries = as_float_matrix(queries, "queries")
+    if queries.shape[1] not in (full_dim, source_dim):
+        raise ValueError(
+            f"Queries have dim {queries.shape[1]} but the index was built from {source_dim}-dim embeddings "
+            f"(full_dim {full_dim}): encode the queries with the same model."
+        )
+    return truncate_numpy(queries, full_dim)

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from matryoshka_st.dims import full_embedding_dim, truncate_numpy
-from matryoshka_st.search._inputs import as_float_matrix, encode
+from matryoshka_st.search._inputs import as_float_matrix, encode, query_matrix
 from matryoshka_st.search.first_stage import (
     FirstStageParams,
     apply_search_params,
     build_first_stage,
+    check_nlist,
     index_bytes,
     inner_products_by_idx,
     search_first_stage,
@@ -136,6 +137,7 @@ class FunnelIndex:
             )  # (N, full_dim)
             self._prefix_norms = self._compute_prefix_norms([dim for dim, _ in self.stages[1:]])
             self._index = build_first_stage(truncate_numpy(self.embeddings, self.stages[0][0]), self.params)
+            _warn_if_capped(self.stages, len(self.embeddings))
         else:
             self.embeddings = embeddings
             self._prefix_norms = _prefix_norms
@@ -205,6 +207,8 @@ class FunnelIndex:
             raise ValueError("texts must be a non-empty list of strings (the corpus is empty).")
         if doc_ids is not None and len(doc_ids) != len(texts):
             raise ValueError(f"doc_ids has {len(doc_ids)} ids for {len(texts)} texts: give one per text.")
+        if first_stage == "ivf":
+            check_nlist(first_stage_params.get("nlist"), len(texts))
         embeddings = encode(model, texts, batch_size, show_progress_bar)
         index = cls(
             embeddings,
@@ -253,6 +257,7 @@ class FunnelIndex:
             new_dims = [dim for dim, _ in new_stages[1:]]
             if new_dims != old_dims or len(self._prefix_norms) != len(new_dims):
                 self._prefix_norms = self._compute_prefix_norms(new_dims)
+            _warn_if_capped(new_stages, len(self))
         self.params, self.stages = params, new_stages
         apply_search_params(self._index, params)
 
@@ -293,20 +298,9 @@ class FunnelIndex:
         return self._rerank(queries, ids, k)
 
     def _query_matrix(self, queries, model, batch_size: int, show_progress_bar: bool) -> np.ndarray:
-        if isinstance(queries, str) or (isinstance(queries, Sequence) and queries and isinstance(queries[0], str)):
-            model = model or self._model
-            if model is None:
-                raise ValueError("Text queries need a model: pass model=... or build the index with from_model.")
-            queries = encode(
-                model, [queries] if isinstance(queries, str) else list(queries), batch_size, show_progress_bar
-            )
-        queries = as_float_matrix(queries, "queries")
-        if queries.shape[1] not in (self.full_dim, self.source_dim):
-            raise ValueError(
-                f"Queries have dim {queries.shape[1]} but the index was built from {self.source_dim}-dim embeddings "
-                f"(full_dim {self.full_dim}): encode the queries with the same model."
-            )
-        return truncate_numpy(queries, self.full_dim)
+        return query_matrix(
+            queries, model or self._model, batch_size, show_progress_bar, self.full_dim, self.source_dim
+        )
 
     def _shortlist(self, queries: np.ndarray, shortlist: int | None = None) -> np.ndarray:
         """First-stage ids ``(Q, S)`` for ``(Q, full_dim)`` normalised queries."""
@@ -397,6 +391,19 @@ class FunnelIndex:
         from matryoshka_st.search.persistence import load_index
 
         return load_index(cls, path, mmap)
+
+
+def _warn_if_capped(stages: Sequence[tuple[int, int]], num_vectors: int) -> None:
+    """Say so when a shortlist is longer than the corpus: it holds the whole corpus, and the stage does nothing."""
+    capped = [(dim, shortlist) for dim, shortlist in stages if shortlist > num_vectors]
+    if capped:
+        logger.warning(
+            "Shortlist(s) %s are longer than the corpus (%d vectors): each is capped at %d, so its stage keeps every "
+            "vector. Use shorter shortlists for a corpus this size.",
+            ", ".join(f"{shortlist} at dim {dim}" for dim, shortlist in capped),
+            num_vectors,
+            num_vectors,
+        )
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
