@@ -50,7 +50,8 @@ class FirstStageParams:
         hnsw_m: HNSW neighbours per node (FAISS ``M``); more is more accurate, larger and slower to build.
         ef_construction: HNSW candidate list while building.
         ef_search: HNSW candidate list while searching (raised to the shortlist size when that is larger).
-        nlist: IVF lists; ``None`` picks ``4 * sqrt(N)`` (at most ``N / 39``, the points FAISS wants per list).
+        nlist: IVF lists; ``None`` picks ``4 * sqrt(N)``. At most ``N / 39``: FAISS's k-means wants ~39 training
+            points per list, and a larger ``nlist`` is refused when the index is built (:func:`check_nlist`).
         nprobe: IVF lists scanned per query.
 
     Example:
@@ -85,9 +86,32 @@ class FirstStageParams:
         return replace(self, **{name: value for name, value in changes.items() if value is not None})
 
 
+# FAISS's k-means warns below this many training points per centroid, and its lists come out poor
+MIN_POINTS_PER_LIST = 39
+
+
 def default_nlist(num_vectors: int) -> int:
     """``4 * sqrt(N)`` lists, but at least 39 training points per list (FAISS warns below that)."""
-    return max(1, min(int(4 * math.sqrt(num_vectors)), num_vectors // 39))
+    return max(1, min(int(4 * math.sqrt(num_vectors)), num_vectors // MIN_POINTS_PER_LIST))
+
+
+def check_nlist(nlist: int | None, num_vectors: int) -> None:
+    """``ValueError`` when k-means cannot train ``nlist`` IVF lists on ``num_vectors`` vectors (FAISS wants ~39
+    per list; one list always trains), naming the corpus size it would need and the largest ``nlist`` that fits.
+
+    Example:
+        >>> check_nlist(100, 40)
+        Traceback (most recent call last):
+        ...
+        ValueError: nlist 100 needs at least 3,900 vectors to train (FAISS's k-means wants ~39 per list), but the corpus has 40: use nlist <= 1, or leave it unset (1 for this corpus).
+    """
+    most = max(1, num_vectors // MIN_POINTS_PER_LIST)
+    if nlist is not None and nlist > most:
+        raise ValueError(
+            f"nlist {nlist} needs at least {nlist * MIN_POINTS_PER_LIST:,} vectors to train (FAISS's k-means wants "
+            f"~{MIN_POINTS_PER_LIST} per list), but the corpus has {num_vectors:,}: use nlist <= {most}, or leave it "
+            f"unset ({default_nlist(num_vectors)} for this corpus)."
+        )
 
 
 def quantize_binary(vectors: np.ndarray) -> np.ndarray:
@@ -118,9 +142,10 @@ def build_first_stage(vectors: np.ndarray, params: FirstStageParams):
         index.train(vectors)
         index.add(vectors)
     elif kind == "ivf":
-        nlist = min(params.nlist or default_nlist(num), num)
+        check_nlist(params.nlist, num)
+        nlist = params.nlist or default_nlist(num)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.min_points_per_centroid = 1  # a small corpus with an explicit nlist is the caller's choice
+        index.cp.min_points_per_centroid = 1  # one list on a corpus under 39 vectors: nothing for k-means to learn
         index.train(vectors)
         index.add(vectors)
     elif kind == "int8":

@@ -168,6 +168,24 @@ CASES = [
         says=("'index'", "--overwrite"),
     ),
     Case(
+        "search-build-ivf-nlist-kmeans-cannot-train",
+        [
+            *("search", "build", "--model", "model", "--corpus", "beir/corpus.jsonl", "--output", "new_index"),
+            *("--stages", "16:4", "--first-stage", "ivf", "--nlist", "100000"),
+        ],
+        says=("nlist 100000 needs at least 3,900,000 vectors", "the corpus has 8", "nlist <= 1"),
+    ),
+    Case(
+        "search-build-says-a-shortlist-is-capped",
+        [
+            *("search", "build", "--model", "model", "--corpus", "beir/corpus.jsonl", "--output", "new_index"),
+            *("--stages", "16:1000,32:4"),
+        ],
+        code=0,
+        says=("Shortlist(s) 1000 at dim 16 are longer than the corpus (8 vectors)",),
+        changes=("new_index/",),
+    ),
+    Case(
         "search-truncated-first-stage",
         ["search", "query", "--index", "index", "--query", "a cat"],
         says=("first_stage.faiss", "rebuild"),

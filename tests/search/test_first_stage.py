@@ -133,3 +133,35 @@ def test_set_search_params_checks_values(corpus):
         index.set_search_params(stages=[(32, 50)])
     index.set_search_params(stages=[(16, 80), (32, 20)])
     assert index.stages == [(16, 80), (32, 20)] and index._prefix_norms.shape == (1, len(corpus))
+
+
+def test_an_ivf_nlist_kmeans_cannot_train_is_refused_with_the_size_it_needs(corpus, monkeypatch):
+    # 600 vectors train at most 15 lists of ~39 points (FAISS's k-means minimum); one list always trains
+    with pytest.raises(ValueError, match=r"nlist 16 needs at least 624 vectors .* corpus has 600: use nlist <= 15"):
+        FunnelIndex.from_embeddings(corpus, stages=[(16, 50)], first_stage="ivf", nlist=16)
+    assert FunnelIndex.from_embeddings(corpus, stages=[(16, 50)], first_stage="ivf", nlist=15)._index.nlist == 15
+    assert FunnelIndex.from_embeddings(corpus[:10], stages=[(16, 5)], first_stage="ivf", nlist=1)._index.nlist == 1
+
+    class Model:  # from_model refuses before encoding anything
+        def get_embedding_dimension(self):
+            return DIM
+
+        def encode(self, *args, **kwargs):
+            raise AssertionError("encoded a corpus before checking nlist")
+
+    monkeypatch.setattr("matryoshka_st.search.funnel.full_embedding_dim", lambda model: DIM)
+    with pytest.raises(ValueError, match=r"nlist 100000 needs at least 3,900,000 vectors .* corpus has 40"):
+        FunnelIndex.from_model(Model(), ["a text"] * 40, stages=[(16, 10)], first_stage="ivf", nlist=100000)
+
+
+def test_a_shortlist_longer_than_the_corpus_is_said_to_be_capped(corpus, caplog):
+    with caplog.at_level("WARNING", logger="matryoshka_st.search.funnel"):
+        index = FunnelIndex.from_embeddings(corpus[:40], stages=[(16, 1000), (32, 10)])
+    assert "Shortlist(s) 1000 at dim 16 are longer than the corpus (40 vectors)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="matryoshka_st.search.funnel"):
+        index.set_search_params(stages=[(16, 30), (32, 10)])
+        assert caplog.text == ""
+        index.set_search_params(stages=[(16, 50), (32, 10)])
+    assert "50 at dim 16" in caplog.text
+    assert index.search(corpus[:2], k=5)[1][:, 0].tolist() == [0, 1]
