@@ -9,6 +9,9 @@ benchmarks/README.md) compared on the same data, budget and seeds:
 - ``distill_weight`` / ``distill_temperature``: self-distillation from the full dimension to each prefix
   (:func:`matryoshka_st.losses.distill.similarity_distillation`);
 - ``full_dim_share``: the full dimension's share of the total loss weight;
+- ``quant_weight`` / ``quant_precision`` / ``quant_dims`` / ``quant_warmup``: quantization-aware training terms, the
+  inner loss on straight-through binary/int8 codes of the prefixes (:mod:`matryoshka_st.losses.quant`); off (``0``)
+  in every named recipe;
 - ``pca_after``: a PCA rotation fitted after training, on the same texts (no training cost).
 
 ``reference`` is exactly sentence-transformers' ``MatryoshkaLoss`` (uniform weights, nothing else).
@@ -36,13 +39,25 @@ class Recipe:
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
     full_dim_share: float | None = None
+    quant_weight: float = 0.0
+    quant_precision: str | tuple[str, ...] = "binary"
+    quant_dims: tuple[int, ...] | None = None
+    quant_warmup: int = 0
     pca_after: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.init not in ("none", "pca"):
             raise ValueError(f"init must be 'none' or 'pca', got {self.init!r}.")
-        check_recipe_arguments(self.distill_weight, self.distill_temperature, self.full_dim_share)
+        check_recipe_arguments(
+            self.distill_weight,
+            self.distill_temperature,
+            self.full_dim_share,
+            self.quant_weight,
+            self.quant_precision,
+            self.quant_dims,
+            self.quant_warmup,
+        )
 
     def with_overrides(self, **overrides: Any) -> Recipe:
         """This recipe with the given fields replaced (``None`` values are ignored); its name says so."""
@@ -60,6 +75,13 @@ class Recipe:
             kwargs.update(distill_weight=self.distill_weight, distill_temperature=self.distill_temperature)
         if self.full_dim_share is not None:
             kwargs["full_dim_share"] = self.full_dim_share
+        if self.quant_weight:
+            kwargs.update(
+                quant_weight=self.quant_weight,
+                quant_precision=self.quant_precision,
+                quant_dims=self.quant_dims,
+                quant_warmup=self.quant_warmup,
+            )
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:
