@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 from mteb.mocks.mock_tasks import MockRetrievalTask
+from mteb.types import PromptType
 from sentence_transformers.util import quantize_embeddings
 from torch.utils.data import DataLoader
 
@@ -84,6 +85,34 @@ def test_derived_vectors(tiny_model):
     binary = cache.view(12, "binary").encode(loader, **kwargs)
     assert binary.shape == (len(texts), 12)
     np.testing.assert_array_equal(binary, np.where(full[:, :12] > 0, 1.0, -1.0))
+
+
+def test_int8_queries_and_documents_encoded_apart_share_the_task_ranges(tiny_model):
+    """mteb encodes a retrieval task's queries and documents in separate calls; their int8 codes must come from one
+    set of ranges, those of all the task's texts, or the two sides are on different scales.
+
+    Breakage check (in a throwaway copy, it fails this test): calibrating per ``encode`` call, i.e.
+    ``calibration_embeddings=truncated`` in ``EmbeddingCache.derive``.
+    """
+    cache = EmbeddingCache(tiny_model, name="local/tiny")
+    kwargs = {"task_metadata": MockRetrievalTask().metadata, "hf_split": "test", "hf_subset": "default"}
+    sides = {
+        PromptType.query: DataLoader(Dataset.from_dict({"text": QUERIES}), batch_size=4),
+        PromptType.document: DataLoader(Dataset.from_dict({"text": DOCS}), batch_size=4),
+    }
+    full = {side: cache.encode(loader, prompt_type=side, **kwargs) for side, loader in sides.items()}  # as evaluate
+    dim = 16
+    union = truncate_numpy(np.concatenate([full[PromptType.query], full[PromptType.document]]), dim)  # (14, 16)
+    view = cache.view(dim, "int8")
+    for order in (list(sides), list(sides)[::-1]):  # whichever side mteb encodes first
+        for side in order:
+            codes = view.encode(sides[side], prompt_type=side, **kwargs)
+            truncated = truncate_numpy(full[side], dim)
+            expected = quantize_embeddings(truncated, "int8", calibration_embeddings=union)
+            np.testing.assert_array_equal(codes, expected.astype(np.float32), err_msg=str(side))
+            # the test can tell: this side's own ranges give other codes
+            alone = quantize_embeddings(truncated, "int8", calibration_embeddings=truncated)
+            assert not np.array_equal(alone, expected), side
 
 
 def test_experiment_names_keep_dims_apart(tiny_model):

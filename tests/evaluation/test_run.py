@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import mteb
+import numpy as np
 import pytest
 from mteb.mocks.mock_tasks import (
     LegacyMockClusteringFastTask,
@@ -10,10 +11,13 @@ from mteb.mocks.mock_tasks import (
     MockSTSTask,
 )
 from mteb.results import TaskResult
+from sentence_transformers.util import quantize_embeddings
 
+from matryoshka_st.dims import truncate_numpy
 from matryoshka_st.evaluation import evaluate
+from matryoshka_st.evaluation.cache import TruncatedEncoder
 
-from .conftest import write_jsonl
+from .conftest import DOCS, QUERIES, write_jsonl
 from .test_cache import count_encoded_texts
 
 MOCK_TASKS = [MockRetrievalTask, MockSTSTask, MockClassificationTask, MockPairClassificationTask]
@@ -91,6 +95,57 @@ def test_rerun_skips_finished_results(tiny_model, tmp_path, beir_folder):
         {"tiny": tiny_model}, beir_folder, dims=[32], output_folder=tmp_path, overwrite=True, show_progress_bar=False
     )
     assert not any(r.skipped for r in redo)
+
+
+def test_int8_rerun_after_float32_results_calibrates_on_the_whole_task(tiny_model, tmp_path, beir_folder, monkeypatch):
+    """A rerun that finds the float32 results on disk and only has int8 to compute still calibrates int8 on all of
+    the task's texts (queries and documents), and scores what a clean run scores.
+
+    Breakage checks (each in a throwaway copy fails this test): calibrating per ``encode`` call
+    (``calibration_embeddings=truncated`` in ``EmbeddingCache.derive``); dropping the full-size run that
+    ``evaluate`` does before the first int8 view of a task when the cache has not seen its texts.
+    """
+    dims = [32, 16]
+    evaluate({"tiny": tiny_model}, beir_folder, dims=dims, output_folder=tmp_path / "a", show_progress_bar=False)
+
+    seen = []  # (dim, precision, full-size vectors, what the view returned) for every call mteb makes
+    encode = TruncatedEncoder.encode
+
+    def recording_encode(self, inputs, **kwargs):
+        output = encode(self, inputs, **kwargs)
+        seen.append((self.dim, self.precision, self.cache.encode(inputs, **kwargs), output))  # cached: no encoding
+        return output
+
+    monkeypatch.setattr(TruncatedEncoder, "encode", recording_encode)
+    rerun = evaluate(
+        {"tiny": tiny_model},
+        beir_folder,
+        dims=dims,
+        precisions=["float32", "int8"],
+        output_folder=tmp_path / "a",
+        show_progress_bar=False,
+    )
+    assert {(r.precision, r.skipped) for r in rerun} == {("float32", True), ("int8", False)}
+    int8_calls = [call for call in seen if call[1] == "int8"]
+    assert {dim for dim, *_ in int8_calls} == {64, 32, 16}
+    for dim in (64, 32, 16):
+        calls = [(full, output) for d, _, full, output in int8_calls if d == dim]
+        assert len(calls) == 2  # the queries and the documents, one call each
+        union = truncate_numpy(np.concatenate([full for full, _ in calls]), dim)  # (6 + 8, dim)
+        assert len(union) == len(QUERIES) + len(DOCS)
+        for full, output in calls:
+            expected = quantize_embeddings(truncate_numpy(full, dim), "int8", calibration_embeddings=union)
+            np.testing.assert_array_equal(output, expected.astype(np.float32))
+    monkeypatch.undo()
+    clean = evaluate(
+        {"tiny": tiny_model},
+        beir_folder,
+        dims=dims,
+        precisions=["float32", "int8"],
+        output_folder=tmp_path / "b",
+        show_progress_bar=False,
+    )
+    assert {(r.dim, r.precision): r.score for r in rerun} == {(r.dim, r.precision): r.score for r in clean}
 
 
 def test_edited_task_file_is_recomputed(tiny_model, tmp_path, beir_folder):
