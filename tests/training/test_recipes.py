@@ -124,8 +124,8 @@ def test_pca_recipes_rotate_by_pca_on_the_training_texts_before_and_after_traini
     Breakage check (each applied in a throwaway copy makes this test fail): in ``training/run.py`` replacing
     ``_rotate_by_pca(model, pca_texts, "a PCA start")`` with ``_add_identity_rotation(model)`` fails the start's
     rotation check; deleting the rotation after training (or folding in ``np.eye``, which changes nothing) or adding
-    an identity module instead fails the final rotation check. The recipes are named, not ``DEFAULT_RECIPE``: a recipe with rotations inside each Matryoshka shell
-    need not order every coordinate by variance.
+    an identity module instead fails the final rotation check. The recipes are named, not ``DEFAULT_RECIPE``: a
+    recipe with rotations inside each Matryoshka shell need not order every coordinate by variance.
     """
     rows = pair_rows()  # what pairs_file holds; no eval split, so every row trains and feeds the PCA texts
     texts = list(dict.fromkeys([row["anchor"] for row in rows] + [row["positive"] for row in rows]))
