@@ -99,7 +99,7 @@ def test_console_subcommand_query(tmp_path, model_dir, beir_corpus):
     assert all(np.all(np.diff(r["scores"]) <= 0) for r in records)
 
 
-def test_build_hnsw_query_with_overrides(tmp_path, model_dir, beir_corpus, tiny_model, capsys):
+def test_build_hnsw_query_with_overrides(tmp_path, model_dir, beir_corpus, tiny_model, capsys, monkeypatch):
     index_dir = tmp_path / "index"
     argv = ["search", "build", "--model", str(model_dir), "--corpus", str(beir_corpus), "--output", str(index_dir)]
     argv += ["--stages", "16:5", "--first-stage", "hnsw", "--hnsw-m", "4", "--ef-construction", "20"]
@@ -111,12 +111,29 @@ def test_build_hnsw_query_with_overrides(tmp_path, model_dir, beir_corpus, tiny_
         20,
         33,
     )
+    used = []  # what the query's search ran with
+    search = FunnelIndex.search
+
+    def recording_search(self, *args, **kwargs):
+        used.append((self.params.ef_search, self._index.hnsw.efSearch, list(self.stages)))
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(FunnelIndex, "search", recording_search)
     query = ["search", "query", "--index", str(index_dir), "--query", "a dog", "--k", "6"]
     assert main([*query, "--stages", "16:6", "--ef-search", "50"]) == 0
     record = json.loads(capsys.readouterr().out.strip())
-    _, expected = FunnelIndex.load(index_dir).search(tiny_model.encode(["a dog"]), k=5)
-    assert record["ids"][:5] == [f"d{i}" for i in expected[0]] or len(record["ids"]) == 6
-    assert sorted(record["ids"]) == sorted(f"d{i}" for i in range(len(TEXTS)))  # a 6-text corpus, k=6: all of it
+    monkeypatch.undo()
+    # the query's overrides reach FAISS for this search only; the saved index keeps the build's ef_search
+    assert used == [(50, 50, [(16, 6)])]
+    saved = FunnelIndex.load(index_dir)
+    assert (saved.params.ef_search, saved._index.hnsw.efSearch, saved.stages) == (33, 33, [(16, 5)])
+    # a 6-text corpus, a shortlist of 6 and k=6: the full-dim rerank sees every text, so the result is the exact
+    # cosine ranking of the whole corpus
+    corpus, query_vector = tiny_model.encode(TEXTS), tiny_model.encode(["a dog"])[0]  # unit rows, (6, 64) and (64,)
+    cosines = corpus @ query_vector
+    order = np.argsort(-cosines)
+    assert record["ids"] == [f"d{i}" for i in order]
+    np.testing.assert_allclose(record["scores"], cosines[order], atol=1e-5)
     # a new folder: an existing index is refused before anything else
     assert main([*argv, "--output", str(tmp_path / "other"), "--ef-search", "0"]) == 2
     assert "ef_search must be a positive integer, got 0" in capsys.readouterr().err
