@@ -123,7 +123,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     tune.add_argument("--k", type=int, default=10)
     tune.add_argument("--max-queries", type=int, default=1000, help="Use at most this many queries (seeded sample).")
     tune.add_argument("--holdout-fraction", type=float, default=0.5, help="Share of queries held back to report.")
-    tune.add_argument("--first-dims", type=parse_ints, default=None, help="First-stage dims to try (rebuilds).")
+    tune.add_argument(
+        "--first-dims",
+        type=parse_ints,
+        default=None,
+        help="First-stage dims to try, each rebuilt (default: the index's own, doubling up to the full dim until one "
+        "meets the target).",
+    )
     tune.add_argument("--shortlists", type=parse_ints, default=None, help="Shortlist sizes to try.")
     tune.add_argument("--ef-searches", type=parse_ints, default=None, help="HNSW efSearch values to try.")
     tune.add_argument("--nprobes", type=parse_ints, default=None, help="IVF nprobe values to try.")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from matryoshka_st.dims import truncate_numpy
-from matryoshka_st.search.first_stage import HNSW_STAGES, build_first_stage, import_faiss
+from matryoshka_st.search.first_stage import HNSW_STAGES, apply_search_params, build_first_stage, import_faiss
 from matryoshka_st.search.stages import validate_stages
 
 if TYPE_CHECKING:
@@ -140,6 +140,27 @@ def _grid(name: str, values: Sequence[int] | None, default: Sequence[int], low: 
     return checked
 
 
+def first_dim_ladder(dim: int, full_dim: int) -> list[int]:
+    """The first-stage dims :func:`tune_index` climbs by default: ``dim``, doubling, then ``full_dim`` (exact).
+
+    Example:
+        >>> first_dim_ladder(64, 384)
+        [64, 128, 256, 384]
+    """
+    dims = [dim]
+    while dims[-1] * 2 < full_dim:
+        dims.append(dims[-1] * 2)
+    return dims if dims[-1] == full_dim else [*dims, full_dim]
+
+
+def _fits(target, stages) -> bool:
+    try:
+        target.validate_stages(stages)
+    except ValueError:
+        return False
+    return True
+
+
 def tune_index(
     index: FunnelIndex,
     queries,
@@ -157,13 +178,17 @@ def tune_index(
     """Give ``index`` the fastest schedule whose recall@``k`` meets ``target_recall`` on a sample of ``queries``.
 
     The queries are split at random: ``1 - holdout_fraction`` of them choose the schedule, the rest (held back)
-    measure its recall and speed. Candidates are every first-stage dim of ``first_dims`` (default: the index's own;
-    another dim builds a new first-stage index), every ``ef_search`` (HNSW) or ``nprobe`` (IVF), shortlist sizes
-    ``shortlists`` and optional rerank stages at ``rerank_dims``. The choice is kept on the index (``index.stages``,
-    ``index.params``) and recorded in ``index.tuning``, which :meth:`FunnelIndex.save` writes.
+    measure its recall and speed. Candidates are every first-stage dim of ``first_dims``, every ``ef_search`` (HNSW)
+    or ``nprobe`` (IVF), shortlist sizes ``shortlists`` and optional rerank stages at ``rerank_dims``; a first-stage
+    dim other than the index's builds a new first-stage index. By default ``first_dims`` climbs
+    :func:`first_dim_ladder` (the index's own dim, doubling, then the full dim) and stops at the first dim where
+    some schedule meets the target: a longer prefix, or the whole corpus as shortlist, reaches any recall. The
+    choice is kept on the index (``index.stages``, ``index.params``) and recorded in ``index.tuning``, which
+    :meth:`FunnelIndex.save` writes; when nothing meets the target the index is left as it was.
 
     Raises:
-        ValueError: on a bad argument or too few queries, before any search.
+        ValueError: on a bad argument or too few queries, before any search; when no schedule meets the target in
+            the space searched (which the message names, with what to widen).
 
     Example:
         >>> import numpy as np
@@ -189,13 +214,31 @@ def tune_index(
     # The backend's side of tuning; a FunnelIndex's is FAISS (below), another backend brings its own.
     target = index._tune_target() if hasattr(index, "_tune_target") else _FaissTarget(index)
     current_dim = index.stages[0][0]
-    first_dims = [current_dim] if first_dims is None else _grid("first_dims", first_dims, (), 1, full_dim)
-    shortlists = _grid("shortlists", shortlists, [int(k * m) for m in SHORTLIST_MULTIPLIERS], k, n)
+    given = {"first_dims": first_dims, "shortlists": shortlists, "ef_searches": ef_searches, "nprobes": nprobes}
+    narrowed = {name: list(value) for name, value in given.items() if value is not None}
+    climb = first_dims is None
+    default_shortlists = [int(k * m) for m in SHORTLIST_MULTIPLIERS]
+    if k * SHORTLIST_MULTIPLIERS[-1] >= n:
+        default_shortlists.append(n)  # the whole corpus: exact, whatever the first stage finds first
+    shortlists = _grid("shortlists", shortlists, default_shortlists, k, n)
     settings = target.settings(ef_searches, nprobes)
+    longest = max(shortlists[-1], k + 1)
+    if climb:  # the ladder's dims a first stage cannot hold (binary codes: a multiple of 8) are left out
+        first_dims = [
+            d for d in first_dim_ladder(current_dim, full_dim) if d == current_dim or _fits(target, [(d, longest)])
+        ]
+    else:
+        first_dims = _grid("first_dims", first_dims, (), 1, full_dim)
+    rerank_by_dim: dict[int, list[int]] = {}
     for dim in first_dims:
-        for rerank_dim in [None, *rerank_dims]:
-            schedule = [(dim, max(shortlists[-1], k + 1))] + ([(rerank_dim, k)] if rerank_dim else [])
+        target.validate_stages([(dim, longest)])
+        rerank_by_dim[dim] = []
+        for rerank_dim in rerank_dims:
+            schedule = [(dim, longest), (rerank_dim, k)]
+            if climb and dim != current_dim and not _fits(target, schedule):
+                continue  # a ladder dim at or above a rerank dim simply goes without that rerank stage
             target.validate_stages(schedule)
+            rerank_by_dim[dim].append(rerank_dim)
 
     order = np.random.default_rng(seed).permutation(len(queries))
     tune_queries, holdout_queries = queries[order[num_holdout:]], queries[order[:num_holdout]]
@@ -204,26 +247,47 @@ def tune_index(
     start = time.perf_counter()
     for dim in first_dims:
         target.use_first_dim(dim, shortlists[-1])
+        found_at_dim = 0
         for setting in settings:
             index.set_search_params(**target.setting_kwargs(setting))
             pool_size = target.pool_size(setting, shortlists[-1])
             # (Q, P) ids best first, and their cosines at each dim a candidate schedule reranks at
-            pool, cosines = target.pool(tune_queries, pool_size, [full_dim, *rerank_dims])
+            pool, cosines = target.pool(tune_queries, pool_size, [full_dim, *rerank_by_dim[dim]])
             full = torch.from_numpy(cosines[full_dim])
-            for rerank_dim in [None, *rerank_dims]:
+            for rerank_dim in [None, *rerank_by_dim[dim]]:
                 mid = None if rerank_dim is None else torch.from_numpy(cosines[rerank_dim])
                 found = _cheapest(pool, full, mid, exact, shortlists, rerank_dim, full_dim, target_recall)
                 if found is not None:
                     stages, recall = found
+                    found_at_dim += 1
                     candidates.append(
                         {"stages": [(dim, stages[0])] + stages[1:], "setting": setting, "recall": recall}
                     )
+        if found_at_dim and climb:
+            break  # a longer prefix only makes the first stage slower
+        if not found_at_dim:
+            if climb and dim != first_dims[-1]:
+                logger.info(
+                    "No schedule at first-stage dim %d reaches recall@%d %s: trying a longer one.",
+                    dim,
+                    k,
+                    target_recall,
+                )
+            getattr(target, "drop_first_dim", lambda dim: None)(dim)
     logger.info("Evaluated %d candidate schedules in %.1f s.", len(candidates), time.perf_counter() - start)
     if not candidates:
         target.release()
+        if narrowed:
+            space = ", ".join(f"{name}={value}" for name, value in narrowed.items())
+            raise ValueError(
+                f"No schedule reached recall@{k} {target_recall} on the tuning queries in the space you passed "
+                f"({space}): widen it (longer shortlists, larger ef_searches / nprobes, longer first_dims), leave "
+                "those arguments to their defaults, or lower the target."
+            )
         raise ValueError(
-            f"No schedule reached recall@{k} {target_recall} on the tuning queries: allow longer shortlists, larger "
-            "ef_searches / nprobes, a longer first-stage dim or a lower target."
+            f"No schedule reached recall@{k} {target_recall} on the tuning queries, even at first-stage dims "
+            f"{first_dims} with shortlists up to {shortlists[-1]}: pass larger ef_searches / nprobes or shortlists, "
+            "or lower the target."
         )
     for candidate in candidates:
         target.apply(candidate)
@@ -300,13 +364,15 @@ class _FaissTarget:
     def __init__(self, index: FunnelIndex) -> None:
         self.index, self.kind = index, index.first_stage
         self.current_dim = index.stages[0][0]
-        self.indexes = {self.current_dim: index._index}
+        self.original = (index.stages, index.params)
+        self.indexes = {self.current_dim: index._index}  # every first stage built so far, by dim
 
     def settings(self, ef_searches, nprobes) -> list:
         if self.kind in HNSW_STAGES:
             return _grid("ef_searches", ef_searches, EF_SEARCHES, 1, 1 << 16)
         if self.kind == "ivf":
-            return _grid("nprobes", nprobes, NPROBES, 1, self.index._index.nlist)
+            nlist = self.index._index.nlist
+            return _grid("nprobes", nprobes, (*NPROBES, nlist), 1, nlist)  # nlist: every list, exact
         return [None]
 
     def validate_stages(self, stages) -> None:
@@ -323,12 +389,14 @@ class _FaissTarget:
 
     def use_first_dim(self, dim: int, shortlist: int) -> None:
         index = self.index
-        if dim not in self.indexes:
-            self.indexes = {
-                self.current_dim: index._index,
-                dim: build_first_stage(truncate_numpy(index.embeddings, dim), index.params),
-            }
+        if dim not in self.indexes:  # kept: candidates from every dim are timed afterwards
+            self.indexes[dim] = build_first_stage(truncate_numpy(index.embeddings, dim), index.params)
         index._index, index.stages = self.indexes[dim], [(dim, shortlist)]
+
+    def drop_first_dim(self, dim: int) -> None:
+        """Free a first stage that gave no candidate (the index's own is kept)."""
+        if dim != self.current_dim:
+            self.indexes.pop(dim, None)
 
     def pool(self, queries: np.ndarray, pool_size: int, dims: Sequence[int]) -> tuple[np.ndarray, dict]:
         index = self.index
@@ -347,8 +415,13 @@ class _FaissTarget:
 
     def finish(self) -> None:
         self.index._first_stage_bytes = None
+        self.indexes.clear()  # the index holds the chosen one
 
     def release(self) -> None:
+        """Put the index back as it was before tuning (its own first stage, schedule and search settings)."""
+        index = self.index
+        index._index, (index.stages, index.params) = self.indexes[self.current_dim], self.original
+        apply_search_params(index._index, index.params)
         self.indexes.clear()
 
     def search_params(self) -> tuple[int | None, int | None]:

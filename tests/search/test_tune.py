@@ -79,8 +79,45 @@ def test_tune_can_change_the_first_stage_dim_and_add_a_rerank_stage(data):
 def test_tune_with_a_hopeless_grid_says_what_to_do(data):
     corpus, queries = data
     index = FunnelIndex.from_embeddings(corpus, stages=[(8, 100)], first_stage="hnsw")
-    with pytest.raises(ValueError, match="No schedule reached recall@10 0.999"):
+    before = index.search(queries[:5], k=10)
+    with pytest.raises(ValueError, match="No schedule reached recall@10 0.999") as refused:
         index.tune(queries, target_recall=0.999, shortlists=[10], ef_searches=[10])
+    assert "in the space you passed (shortlists=[10], ef_searches=[10])" in str(refused.value)
+    # a refused tune leaves the index as it was: its first stage, schedule and search settings
+    assert index.stages == [(8, 100)] and index.params.ef_search == 64 and index._index.hnsw.efSearch == 64
+    np.testing.assert_array_equal(index.search(queries[:5], k=10)[1], before[1])
+
+
+@pytest.fixture(scope="module")
+def isotropic() -> tuple[np.ndarray, np.ndarray]:
+    # No Matryoshka structure: a 4-dim prefix says little, so only a longer first stage reaches a high recall.
+    rng = np.random.default_rng(5)
+    corpus = _unit(rng.normal(size=(3000, DIM)))
+    return corpus, _unit(corpus[rng.choice(3000, 300, replace=False)] + 0.3 * rng.normal(size=(300, DIM)))
+
+
+def test_tune_by_default_climbs_first_stage_dims_until_one_reaches_the_target(isotropic):
+    corpus, queries = isotropic
+    index = FunnelIndex.from_embeddings(corpus, stages=[(4, 100)])
+    with pytest.raises(ValueError, match=r"in the space you passed \(first_dims=\[4\]\)"):
+        index.tune(queries, target_recall=0.99, k=10, first_dims=[4])
+    result = index.tune(queries, target_recall=0.99, k=10)
+    assert result.tune_recall >= 0.99 and result.holdout_recall >= 0.97
+    chosen = result.stages[0][0]
+    assert chosen in (8, 16, 32, 64) and index.stages == result.stages
+    assert {c["stages"][0][0] for c in result.candidates} == {chosen}  # the climb stops at the first dim that works
+    assert recall_at_k(index.search(queries, k=10)[1], exact_top_k(corpus, queries, 10)) >= 0.97
+
+
+def test_tune_over_several_first_dims_times_candidates_from_each(data):
+    corpus, queries = data
+    index = FunnelIndex.from_embeddings(corpus, stages=[(8, 100)], first_stage="float")
+    result = index.tune(queries, target_recall=0.99, k=10, first_dims=[8, 16, 32, 64])
+    dims = {c["stages"][0][0] for c in result.candidates}
+    assert {16, 32, 64} <= dims  # every dim's candidates were timed (each first stage was kept until then)
+    assert all("queries_per_second" in c for c in result.candidates)
+    assert result.tune_recall >= 0.99 and index.stages == result.stages
+    assert index._index.d == result.stages[0][0]
 
 
 @pytest.mark.parametrize(
