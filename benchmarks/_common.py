@@ -35,9 +35,8 @@ def pair_texts(data: Path) -> list[dict[str, str]]:
     return [row for _, row in iter_jsonl(data / "train" / "pairs.jsonl.gz")]
 
 
-def _top10(query_emb: np.ndarray, doc_emb: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine search on the first ``dim`` coordinates (renormalised): ``(Q, k)`` doc indices and scores."""
-    scores = truncate_numpy(query_emb, dim) @ truncate_numpy(doc_emb, dim).T  # (Q, D)
+def _top10_of(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 10 best documents of each query of a ``(Q, D)`` score matrix: ``(Q, k)`` doc indices and scores."""
     k = min(10, scores.shape[1])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     top_scores = np.take_along_axis(scores, top, axis=1)
@@ -55,7 +54,17 @@ def ndcg_at_10_per_query(
 ) -> np.ndarray:
     """nDCG@10 of each query that has qrels, in ``query_ids`` order, exact cosine search on the first ``dim``
     coordinates (renormalised), scored by pytrec_eval's ``ndcg_cut.10`` as in mteb."""
-    top, top_scores = _top10(query_emb, doc_emb, dim)
+    return ndcg_at_10_from_scores(
+        truncate_numpy(query_emb, dim) @ truncate_numpy(doc_emb, dim).T, query_ids, doc_ids, qrels
+    )
+
+
+def ndcg_at_10_from_scores(
+    scores: np.ndarray, query_ids: list[str], doc_ids: list[str], qrels: dict[str, dict[str, int]]
+) -> np.ndarray:
+    """nDCG@10 of each query that has qrels, in ``query_ids`` order, from a ``(Q, D)`` score matrix (any scoring:
+    float, int8 codes, Hamming, rescored), by pytrec_eval's ``ndcg_cut.10`` as in mteb."""
+    top, top_scores = _top10_of(scores)
     try:
         import pytrec_eval
     except ImportError:

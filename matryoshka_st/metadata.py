@@ -14,7 +14,10 @@ Layout (``format_version`` 1)::
       "recommendation": {"metric": "...", "threshold": 0.98, "scores": {"384": 0.61, ...}},  # or null
       "loss": "MultipleNegativesRankingLoss",
       "n_dims_per_step": -1,
-      "head_mode": "separate"                          # only when the loss has classifier heads
+      "head_mode": "separate",                         # only when the loss has classifier heads
+      "recipe": {...},                                 # the training recipe (matryoshka_st.recipes.Recipe)
+      "int8_calibration": {"method": "shell-absmax", "quantile": 0.999, "dims": [...],
+                           "scales": {"384": [s_0_32, s_32_64, ...], ...}}   # matryoshka_st.quantization
     }
 """
 
@@ -43,13 +46,14 @@ class MatryoshkaConfig:
     n_dims_per_step: int = -1
     head_mode: str | None = None
     recipe: dict[str, Any] | None = None
+    int8_calibration: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
-        for optional in ("head_mode", "recipe"):
+        for optional in ("head_mode", "recipe", "int8_calibration"):
             if data[optional] is None:
                 data.pop(optional)
         return {**data, **extra}

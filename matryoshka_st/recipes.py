@@ -12,7 +12,12 @@ benchmarks/README.md) compared on the same data, budget and seeds:
 - ``quant_weight`` / ``quant_precision`` / ``quant_dims`` / ``quant_warmup``: quantization-aware training terms, the
   inner loss on straight-through binary/int8 codes of the prefixes (:mod:`matryoshka_st.losses.quant`); off (``0``)
   in every named recipe;
-- ``pca_after``: a PCA rotation fitted after training, on the same texts (no training cost).
+- ``pca_after``: a PCA rotation fitted after training, on the same texts (no training cost);
+- ``shell_rotation``: after that, an orthogonal rotation inside each Matryoshka shell (``"itq"`` or ``"hadamard"``,
+  :mod:`matryoshka_st.posthoc.shell_rotation`): float scores at every trained dim unchanged, sign bits balanced.
+
+Every recipe also saves int8 scales per shell (:class:`matryoshka_st.quantization.Int8Calibration`), fitted on the
+same texts at the end of training.
 
 ``reference`` is exactly sentence-transformers' ``MatryoshkaLoss`` (uniform weights, nothing else).
 
@@ -44,11 +49,14 @@ class Recipe:
     quant_dims: tuple[int, ...] | None = None
     quant_warmup: int = 0
     pca_after: bool = False
+    shell_rotation: Literal["none", "itq", "hadamard"] = "none"
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.init not in ("none", "pca"):
             raise ValueError(f"init must be 'none' or 'pca', got {self.init!r}.")
+        if self.shell_rotation not in ("none", "itq", "hadamard"):
+            raise ValueError(f"shell_rotation must be 'none', 'itq' or 'hadamard', got {self.shell_rotation!r}.")
         check_recipe_arguments(
             self.distill_weight,
             self.distill_temperature,

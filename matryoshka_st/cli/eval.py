@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from matryoshka_st.evaluation.quality import PRECISIONS
+
 DESCRIPTION = """\
 Evaluate one or more models on mteb tasks at several embedding dimensions (and precisions),
 encoding each text once per model. Results are mteb result JSON files under
@@ -23,7 +25,7 @@ task name (needs the Hugging Face Hub or its datasets cache).
 examples:
   matryoshka-st eval path/to/model --tasks matryoshka_st/data/dev_wordnet --output eval_out
   matryoshka-st eval base=all-MiniLM-L6-v2 tuned=out/final --tasks dev_wordnet sts.jsonl \\
-      --dims 384 256 128 64 32 --precisions float32 int8 binary --output eval_out
+      --dims 384 256 128 64 32 --precisions float32 int8 binary binary+rescore --output eval_out
 """
 
 
@@ -43,8 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--precisions",
         nargs="+",
         default=["float32"],
-        choices=["float32", "int8", "binary"],
-        help="(default: float32)",
+        choices=list(PRECISIONS),
+        help="(default: float32). int8 uses the model's saved per-shell scales where it has them; binary+rescore "
+        "shortlists 40 documents per query by Hamming distance and rescores them with the float query",
     )
     parser.add_argument("--output", required=True, type=Path, help="results folder (mteb's result cache layout)")
     parser.add_argument("--overwrite", action="store_true", help="recompute finished results")

@@ -12,8 +12,14 @@ What mteb and sentence-transformers do not provide, and this module adds:
 - the text-keyed cache shared by all views of one model;
 - int8 calibration per task: the quantisation ranges come from every text of the task the cache holds (queries and
   documents alike), so both sides of a comparison share one scale, whichever order mteb encodes them in;
+- int8 with the model's own scales (one per Matryoshka shell, fitted at training time and saved in
+  ``matryoshka_config.json``; :class:`~matryoshka_st.quantization.Int8Calibration`) where it has them;
 - binary vectors are scored as their +-1 unpacking, whose cosine similarity ranks exactly as the Hamming distance
-  between the packed bits does.
+  between the packed bits does;
+- ``binary+rescore``: documents as codes, queries kept float, scored by
+  :func:`~matryoshka_st.quantization.rescore_binary` (Hamming shortlist of 40 per query, rescored with the float
+  query). mteb scores each corpus chunk (50,000 documents by default) on its own, so on a larger corpus the
+  shortlist is 40 per chunk.
 
 Example:
     >>> cache = EmbeddingCache(model, name="local/minilm")
@@ -36,11 +42,11 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 from mteb.similarity_functions import cos_sim, pairwise_cos_sim
 from mteb.types import OutputDType
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.util import quantize_embeddings
 from torch.utils.data import DataLoader
 
 from matryoshka_st.dims import full_embedding_dim, truncate_numpy
 from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
+from matryoshka_st.quantization import RESCORE_K, Int8Calibration, binary_codes, int8_per_axis, rescore_binary
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -65,13 +71,21 @@ class EmbeddingCache:
         model: the sentence-transformers model; its ``truncate_dim`` is ignored (the cache always holds full size).
         name: the model name for mteb's results, ``organization/model`` (mteb requires the slash).
         revision: the model revision for mteb's results; defaults to :func:`model_revision`.
+        int8_calibration: the model's own int8 scales (``matryoshka_config.json``); int8 at a dim they cover is
+            scored with them, other dims with ranges fitted on the task's texts.
 
     Attributes:
         num_encoded: how many texts were passed to the model so far (each unique text once).
         num_calls: how many times the model was asked to encode.
     """
 
-    def __init__(self, model: SentenceTransformer, name: str, revision: str | None = None) -> None:
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        name: str,
+        revision: str | None = None,
+        int8_calibration: Int8Calibration | None = None,
+    ) -> None:
         if "/" not in name:
             raise ValueError(f"Model name {name!r} must look like 'organization/model', as mteb requires.")
         if getattr(model, "truncate_dim", None) is not None:
@@ -89,6 +103,7 @@ class EmbeddingCache:
         self._buffer = np.zeros((0, self.full_dim), dtype=np.float32)  # (capacity, D), first len(_rows) filled
         self._task_rows: dict[str, set[int]] = {}
         self._calibration: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
+        self.int8_calibration = int8_calibration
         self.num_encoded = 0
         self.num_calls = 0
 
@@ -162,20 +177,34 @@ class EmbeddingCache:
             self._calibration[(task_name, dim)] = cached
         return cached[1]
 
-    def derive(self, embeddings: np.ndarray, dim: int, precision: str, task_name: str) -> np.ndarray:
-        """Cut full-size embeddings to ``dim``, renormalise and quantise: ``(N, D) -> (N, dim)`` float32 values."""
+    def uses_saved_int8(self, dim: int) -> bool:
+        """Whether int8 at ``dim`` is scored with the model's own scales rather than ranges fitted on the task."""
+        return self.int8_calibration is not None and dim in self.int8_calibration.scales
+
+    def derive(
+        self,
+        embeddings: np.ndarray,
+        dim: int,
+        precision: str,
+        task_name: str,
+        prompt_type: PromptType | None = None,
+    ) -> np.ndarray:
+        """Cut full-size embeddings to ``dim``, renormalise and quantise: ``(N, D) -> (N, dim)`` float32 values.
+
+        For ``binary+rescore`` queries stay float (they rescore the shortlist) and everything else becomes codes.
+        """
         truncated = truncate_numpy(embeddings, dim)  # (N, dim), unit rows
         if precision == "float32":
             return truncated
         if precision == "int8":
-            quantized = quantize_embeddings(
-                truncated, precision="int8", calibration_embeddings=self.calibration(task_name, dim)
-            )
-            return quantized.astype(np.float32)  # (N, dim) in [-128, 127]
-        if precision == "binary":
-            packed = quantize_embeddings(truncated, precision="binary")  # (N, ceil(dim / 8)) int8
-            bits = np.unpackbits((packed.astype(np.int16) + 128).astype(np.uint8), axis=-1)[:, :dim]
-            return 2.0 * bits.astype(np.float32) - 1.0  # (N, dim) in {-1, +1}
+            if self.uses_saved_int8(dim):  # one scale per shell, dequantised: dot products track the float ones
+                calibration = self.int8_calibration
+                return calibration.dequantize(calibration.quantize(truncated, dim), dim)
+            return int8_per_axis(truncated, self.calibration(task_name, dim))  # (N, dim) in [-128, 127]
+        if precision == "binary" or (precision == "binary+rescore" and getattr(prompt_type, "value", None) != "query"):
+            return binary_codes(truncated)  # (N, dim) in {-1, +1}
+        if precision == "binary+rescore":
+            return truncated
         raise ValueError(f"Unknown precision {precision!r}: use one of {list(PRECISIONS)}.")
 
 
@@ -192,11 +221,16 @@ class TruncatedEncoder:
         if not 1 <= dim <= cache.full_dim:
             raise ValueError(f"dim must be between 1 and the model's dimension {cache.full_dim}, got {dim}.")
         self.cache, self.dim, self.precision = cache, dim, precision
+        stored = precision.removesuffix("+rescore")
         experiment: dict[str, Any] = {"embed_dim": dim}
         if precision != "float32":
-            experiment["output_dtypes"] = OutputDType(precision).value
+            experiment["output_dtypes"] = OutputDType(stored).value
+        if precision == "binary+rescore":
+            experiment["rescore"] = RESCORE_K
+        if precision == "int8" and cache.uses_saved_int8(dim):
+            experiment["int8_calibration"] = "shells"
         self._meta = cache.meta.model_copy(
-            update={"embed_dim": dim, "experiment_kwargs": experiment, "output_dtypes": [OutputDType(precision)]}
+            update={"embed_dim": dim, "experiment_kwargs": experiment, "output_dtypes": [OutputDType(stored)]}
         )
 
     @property
@@ -221,9 +255,11 @@ class TruncatedEncoder:
             prompt_type=prompt_type,
             **kwargs,
         )
-        return self.cache.derive(full, self.dim, self.precision, task_metadata.name)
+        return self.cache.derive(full, self.dim, self.precision, task_metadata.name, prompt_type)
 
     def similarity(self, embeddings1: Array, embeddings2: Array) -> Array:
+        if self.precision == "binary+rescore":  # float queries x document codes: Hamming shortlist, then rescore
+            return torch.from_numpy(rescore_binary(np.asarray(embeddings1), np.asarray(embeddings2)))
         return cos_sim(embeddings1, embeddings2)
 
     def similarity_pairwise(self, embeddings1: Array, embeddings2: Array) -> Array:

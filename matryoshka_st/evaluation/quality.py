@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 MEAN = "mean"
-PRECISIONS = ("float32", "int8", "binary")
+# binary+rescore: documents stored as binary codes, shortlisted by Hamming distance, rescored with the float query
+# (matryoshka_st.quantization.rescore_binary); it stores what binary stores
+PRECISIONS = ("float32", "int8", "binary", "binary+rescore")
+STORED_PRECISIONS = ("float32", "int8", "binary")  # the distinct storage formats
 # main score -> (mteb task type, readable name), for the local task kinds (and mteb's reranking) that mteb cannot
 # look up by task name; in order of preference where several metrics share the main score's value
 METRICS = {
@@ -45,14 +48,17 @@ def check_precisions(precisions: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def bytes_per_vector(dim: int, precision: str) -> int:
-    """Storage of one vector: 4 bytes a coordinate for float32, 1 for int8, 1 bit (rounded up to bytes) for binary.
+    """Storage of one vector: 4 bytes a coordinate for float32, 1 for int8, 1 bit (rounded up to bytes) for binary
+    and binary+rescore (which stores the binary codes and rescores them with the float query).
 
     Example:
-        >>> [bytes_per_vector(384, p) for p in ("float32", "int8", "binary")]
-        [1536, 384, 48]
+        >>> [bytes_per_vector(384, p) for p in ("float32", "int8", "binary", "binary+rescore")]
+        [1536, 384, 48, 48]
     """
     check_precisions([precision])
-    return {"float32": 4 * dim, "int8": dim, "binary": math.ceil(dim / 8)}[precision]
+    return {"float32": 4 * dim, "int8": dim, "binary": math.ceil(dim / 8), "binary+rescore": math.ceil(dim / 8)}[
+        precision
+    ]
 
 
 def share_of_full(score: float | None, reference: float | None) -> float:
@@ -185,6 +191,7 @@ __all__ = [
     "METRICS",
     "PRECISIONS",
     "QualityByDim",
+    "STORED_PRECISIONS",
     "bytes_per_vector",
     "check_precisions",
     "metric_name",

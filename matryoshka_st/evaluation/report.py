@@ -101,6 +101,8 @@ def _folder_scores(folder: Path, files: list[Path] | None) -> list[Score]:
     precision = experiment.get("output_dtypes", "float32")
     if isinstance(precision, list):
         precision = precision[0] if precision else "float32"
+    if experiment.get("rescore"):  # binary codes shortlisted, rescored with the float query (TruncatedEncoder)
+        precision = f"{precision}+rescore"
     if dim is None or precision not in PRECISIONS:
         logger.warning("Skipping %s: dimension %r / precision %r not understood.", folder, dim, precision)
         return []
@@ -356,8 +358,8 @@ def _plots(tables: list[QualityByDim], summary: dict[str, Any], output_dir: Path
     panel = MEAN if len(tasks) > 1 else tasks[0]
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.subplots()
-    markers = {"float32": "o", "int8": "s", "binary": "^"}
-    styles = {"float32": "-", "int8": "--", "binary": ":"}
+    markers = {"float32": "o", "int8": "s", "binary": "^", "binary+rescore": "v"}
+    styles = {"float32": "-", "int8": "--", "binary": ":", "binary+rescore": "-."}
     for i, table in enumerate(tables):
         for precision, by_dim in table.scores.items():
             points = sorted((bytes_per_vector(d, precision), s[panel]) for d, s in by_dim.items() if panel in s)

@@ -37,6 +37,8 @@ from matryoshka_st.evaluation.cache import EmbeddingCache, TruncatedEncoder
 from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
 from matryoshka_st.evaluation.report import Report, render
 from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
+from matryoshka_st.metadata import read_matryoshka_config
+from matryoshka_st.quantization import Int8Calibration
 from matryoshka_st.readers import check_model_folder
 
 logger = logging.getLogger(__name__)
@@ -100,7 +102,9 @@ def evaluate(
             files, ``KIND:PATH`` or mteb task names.
         dims: dimensions to evaluate; default: the model's full dimension and the powers of two below it down to
             32. The full dimension is always added (at float32), as the reference for "% of full".
-        precisions: any of ``float32``, ``int8``, ``binary``.
+        precisions: any of ``float32``, ``int8``, ``binary``, ``binary+rescore``. int8 uses the scales a model
+            folder saved at training time where it has them (``matryoshka_config.json``), else ranges fitted on
+            each task's texts.
         output_folder: mteb's result cache folder; results go to ``<output_folder>/results/...``.
         overwrite: recompute results that are already finished.
         batch_size: encoding batch size.
@@ -131,7 +135,7 @@ def evaluate(
     plans = []
     for name, spec in named.items():
         model = spec if isinstance(spec, SentenceTransformer) else _load_model(str(spec), device)
-        cache = EmbeddingCache(model, name=name)
+        cache = EmbeddingCache(model, name=name, int8_calibration=_saved_int8_calibration(spec))
         model_dims = _dims_for(dims, cache.full_dim)
         combos = [(cache.full_dim, "float32")] + [
             (d, p) for p in precisions for d in model_dims if (d, p) != (cache.full_dim, "float32")
@@ -283,6 +287,16 @@ def _finished_result(path: Path, task: AbsTask) -> TaskResult | None:
     if result.get_missing_evaluations(task):
         return None
     return result
+
+
+def _saved_int8_calibration(spec: ModelSpec) -> Int8Calibration | None:
+    """The int8 scales a model folder saved at training time (``matryoshka_config.json``), if any."""
+    if isinstance(spec, SentenceTransformer) or not Path(str(spec)).is_dir():
+        return None
+    config = read_matryoshka_config(str(spec))
+    if config is None or not config.int8_calibration:
+        return None
+    return Int8Calibration.from_dict(config.int8_calibration)
 
 
 def _check_dims(dims: Sequence[int]) -> list[int]:

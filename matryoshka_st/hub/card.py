@@ -26,7 +26,7 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from matryoshka_st.evaluation.quality import MEAN as _MEAN
-from matryoshka_st.evaluation.quality import PRECISIONS, bytes_per_vector, metric_name
+from matryoshka_st.evaluation.quality import PRECISIONS, STORED_PRECISIONS, bytes_per_vector, metric_name
 from matryoshka_st.hub.results import EvalSummary, eval_results
 from matryoshka_st.usage import matryoshka_info
 
@@ -88,9 +88,9 @@ def _quality_table(results: EvalSummary) -> tuple[list[str], list[dict[str, Any]
 def _bytes_table(dims: list[int], recommended: int) -> tuple[list[dict[str, Any]], str]:
     rows = [
         {"precision": precision, "cells": [f"{bytes_per_vector(dim, precision):,}" for dim in dims]}
-        for precision in PRECISIONS
+        for precision in STORED_PRECISIONS
     ]
-    sizes = [bytes_per_vector(recommended, p) * 1_000_000 for p in PRECISIONS]
+    sizes = [bytes_per_vector(recommended, p) * 1_000_000 for p in STORED_PRECISIONS]
     readable = [f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB" for size in sizes]
     caption = (
         f"One million vectors at {recommended} dimensions take {readable[0]} as float32, {readable[1]} as int8 "

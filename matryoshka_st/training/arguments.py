@@ -166,8 +166,20 @@ class MatryoshkaArguments:
             "help": "Rotate the trained model by PCA on the training texts before saving. Default: the recipe's."
         },
     )
+    shell_rotation: Optional[Literal["none", "itq", "hadamard"]] = field(  # noqa: UP045
+        default=None,
+        metadata={
+            "help": "After training (and --pca_after), rotate inside each Matryoshka shell (itq: fitted on the "
+            "training texts; hadamard: random): float scores at every trained dim unchanged, sign bits balanced "
+            "for binary codes. Default: the recipe's."
+        },
+    )
     init_texts: int = field(
-        default=5000, metadata={"help": "With --init pca: how many training texts to fit the rotation on."}
+        default=5000,
+        metadata={
+            "help": "How many training texts to fit the PCA and shell rotations and the int8 scales (saved in "
+            "matryoshka_config.json) on."
+        },
     )
     gather_across_devices: bool = field(
         default=False,
@@ -200,6 +212,7 @@ class MatryoshkaArguments:
             distill_temperature=self.distill_temperature,
             full_dim_share=self.full_dim_share,
             pca_after=self.pca_after,
+            shell_rotation=self.shell_rotation,
         )
 
     def __post_init__(self) -> None:

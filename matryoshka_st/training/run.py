@@ -208,10 +208,31 @@ def _trainer_arguments(
     return training
 
 
-def _metadata(loss: MatryoshkaLoss, result: TrainResult, threshold: float, recipe: Recipe) -> MatryoshkaConfig:
+def _finish_output_space(
+    model: SentenceTransformer, texts: list[str], dims: list[int], recipe: Recipe, seed: int
+) -> dict[str, Any]:
+    """The recipe's rotation inside the shells (float scores at every trained dim unchanged), then the int8 scales
+    per shell, both fitted on the model's embeddings of ``texts``; returns the scales' JSON form."""
+    from matryoshka_st.posthoc.pca import encode_full
+    from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation, fold_rotation
+    from matryoshka_st.quantization import Int8Calibration
+
+    embeddings = encode_full(model, texts, batch_size=64)  # (N, D), unit rows
+    if recipe.shell_rotation != "none":
+        logger.info("Fitting a %s rotation inside the shells of %s.", recipe.shell_rotation, dims)
+        rotation = fit_shell_rotation(embeddings, dims, method=recipe.shell_rotation, seed=seed)
+        fold_rotation(model, rotation)
+        embeddings = embeddings @ rotation.T
+    return Int8Calibration.fit(embeddings, dims).to_dict()
+
+
+def _metadata(
+    loss: MatryoshkaLoss, result: TrainResult, threshold: float, recipe: Recipe, int8_calibration: dict[str, Any]
+) -> MatryoshkaConfig:
     return matryoshka_config_from_loss(
         loss,
         recipe=recipe.to_dict(),
+        int8_calibration=int8_calibration,
         recommended_truncate_dim=result.recommended_truncate_dim or loss.full_dim,
         recommendation={
             "metric": result.metric,
@@ -323,8 +344,8 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     model = _load_model(config)
     recipe = config.matryoshka.resolved_recipe()
     logger.info("Recipe %r: %s", recipe.name, recipe.to_dict())
-    needs_texts = (recipe.init == "pca" and resume is None) or recipe.pca_after
-    pca_texts = _pca_texts(train_dataset, spec, config.matryoshka.init_texts) if needs_texts else []
+    # every recipe fits its int8 scales on these texts after training; the PCA recipes also their rotations
+    pca_texts = _pca_texts(train_dataset, spec, config.matryoshka.init_texts)
     if recipe.init == "pca":
         if resume is None:
             _rotate_by_pca(model, pca_texts, "a PCA start")
@@ -365,13 +386,14 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     if is_main:
         if recipe.pca_after:
             _rotate_by_pca(trainer.model, pca_texts, "a PCA rotation after training")
+        int8_calibration = _finish_output_space(trainer.model, pca_texts, dims, recipe, config.training.seed)
         if plan.evaluator is not None:
             logger.info("Evaluating the fine-tuned model at dims %s.", dims)
             result.scores_after = plan.scores(plan.evaluator(trainer.model), dims)
         threshold = config.matryoshka.recommend_threshold
         quality = result.quality(threshold)
         result.recommended_truncate_dim = quality.recommended_dim if quality is not None else None
-        result.model_path = _save_final(trainer, loss, _metadata(loss, result, threshold, recipe))
+        result.model_path = _save_final(trainer, loss, _metadata(loss, result, threshold, recipe, int8_calibration))
     trainer.accelerator.wait_for_everyone()
     if not is_main:
         result.model_path = str((Path(training.output_dir) / FINAL_DIR_NAME).resolve())

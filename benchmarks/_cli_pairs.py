@@ -1,0 +1,59 @@
+"""Write the training file of the CLI-path studies: 9,600 shared pairs in the issue-21 mix, one jsonl.
+
+The pairs of each source are ordered by a hash of (seed, anchor, positive), so the sample does not depend on the
+order of ``train/pairs.jsonl.gz`` and a larger ``--pairs`` only adds pairs. The rows are shuffled with the same seed,
+so a batch mixes sources as a user's file would.
+
+    python benchmarks/_cli_pairs.py --data ../shared/data --out benchmarks/.cache/cli_pairs_9600.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import random
+from pathlib import Path
+
+MIX = {"debian": 0.40, "wordnet-example": 0.25, "wordnet-lemma": 0.10, "bible-kjv-web": 0.15, "jargon": 0.10}
+
+
+def build(data: Path, n_pairs: int, seed: int) -> list[dict[str, str]]:
+    path = data / "train" / "pairs.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"No training pairs at {path}: pass --data, the folder that holds train/ and dev/.")
+    by_source: dict[str, list[dict[str, str]]] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["source"] in MIX:
+                by_source.setdefault(row["source"], []).append({"anchor": row["anchor"], "positive": row["positive"]})
+    rows: list[dict[str, str]] = []
+    for source, share in MIX.items():
+        pool = sorted(
+            by_source[source],
+            key=lambda r: hashlib.sha1(f"{seed}:{r['anchor']}:{r['positive']}".encode()).hexdigest(),
+        )
+        rows.extend(pool[: round(n_pairs * share)])
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/.cache/cli_pairs_9600.jsonl"))
+    parser.add_argument("--pairs", type=int, default=9600)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    rows = build(args.data, args.pairs, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{len(rows)} pairs -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

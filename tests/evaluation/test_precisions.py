@@ -1,0 +1,90 @@
+"""The harness's precisions beyond sentence-transformers' own: binary+rescore and int8 with the model's scales."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from mteb.mocks.mock_tasks import MockRetrievalTask
+from mteb.types import PromptType
+from torch.utils.data import DataLoader
+
+from matryoshka_st.dims import truncate_numpy
+from matryoshka_st.evaluation import evaluate
+from matryoshka_st.evaluation.cache import EmbeddingCache
+from matryoshka_st.evaluation.report import load_scores
+from matryoshka_st.metadata import MatryoshkaConfig, write_matryoshka_config
+from matryoshka_st.quantization import Int8Calibration, rescore_binary
+
+from .conftest import DOCS, QUERIES
+
+KWARGS = {"task_metadata": MockRetrievalTask().metadata, "hf_split": "test", "hf_subset": "default"}
+
+
+def _loaders():
+    return (
+        DataLoader(Dataset.from_dict({"text": QUERIES}), batch_size=4),
+        DataLoader(Dataset.from_dict({"text": DOCS}), batch_size=4),
+    )
+
+
+def test_binary_rescore_keeps_queries_float_and_scores_by_rescoring(tiny_model):
+    cache = EmbeddingCache(tiny_model, name="local/tiny")
+    queries, docs = _loaders()
+    view = cache.view(16, "binary+rescore")
+    q = view.encode(queries, prompt_type=PromptType.query, **KWARGS)
+    d = view.encode(docs, prompt_type=PromptType.document, **KWARGS)
+    full_q = cache.encode(queries, prompt_type=PromptType.query, **KWARGS)
+    full_d = cache.encode(docs, prompt_type=PromptType.document, **KWARGS)
+    np.testing.assert_allclose(q, truncate_numpy(full_q, 16), rtol=1e-6)  # the float query
+    np.testing.assert_array_equal(d, np.where(full_d[:, :16] > 0, 1.0, -1.0))  # the stored codes
+    scores = np.asarray(view.similarity(q, d))
+    np.testing.assert_allclose(scores, rescore_binary(truncate_numpy(full_q, 16), d), atol=1e-6)
+    assert view.mteb_model_meta.experiment_kwargs == {"embed_dim": 16, "output_dtypes": "binary", "rescore": 40}
+
+
+def test_int8_uses_the_scales_the_model_saved(tiny_model):
+    calibration_texts = [f"{q} {d}" for q in QUERIES for d in DOCS]
+    fit = tiny_model.encode(calibration_texts, convert_to_numpy=True)
+    calibration = Int8Calibration.fit(fit, [64, 32, 16])
+    cache = EmbeddingCache(tiny_model, name="local/tiny", int8_calibration=calibration)
+    queries, _ = _loaders()
+    full = cache.encode(queries, prompt_type=PromptType.query, **KWARGS)
+    codes = cache.view(32, "int8").encode(queries, prompt_type=PromptType.query, **KWARGS)
+    expected = calibration.dequantize(calibration.quantize(truncate_numpy(full, 32), 32), 32)
+    np.testing.assert_array_equal(codes, expected)
+    assert cache.view(32, "int8").mteb_model_meta.experiment_kwargs["int8_calibration"] == "shells"
+    # a dim without saved scales falls back to ranges fitted on the task's texts (values in [-128, 127])
+    other = cache.view(8, "int8")
+    assert "int8_calibration" not in other.mteb_model_meta.experiment_kwargs
+    fallback = other.encode(queries, prompt_type=PromptType.query, **KWARGS)
+    assert fallback.max() > 1 and np.allclose(fallback, np.round(fallback))
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_evaluate_reads_the_saved_scales_and_reports_binary_rescore(tiny_model, beir_folder, tmp_path, saved):
+    folder = tmp_path / "model"
+    tiny_model.save(str(folder))
+    if saved:
+        fit = tiny_model.encode(QUERIES + DOCS, convert_to_numpy=True)
+        scales = Int8Calibration.fit(fit, [64, 32]).to_dict()
+        write_matryoshka_config(folder, MatryoshkaConfig([64, 32], [1.0, 1.0], 64, int8_calibration=scales))
+    runs = evaluate(
+        {"tiny": str(folder)},
+        [beir_folder],
+        dims=[64, 32],
+        precisions=["float32", "int8", "binary", "binary+rescore"],
+        output_folder=tmp_path / "out",
+        show_progress_bar=False,
+    )
+    assert sorted((r.dim, r.precision) for r in runs) == sorted(
+        (d, p) for d in (64, 32) for p in ("float32", "int8", "binary", "binary+rescore")
+    )
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("model_meta.json")]
+    int8_kwargs = [m["experiment_kwargs"] for m in metas if m["experiment_kwargs"].get("output_dtypes") == "int8"]
+    assert len(int8_kwargs) == 2
+    assert all(("int8_calibration" in kwargs) == saved for kwargs in int8_kwargs)
+    # the report reads the rescored runs back as their own precision
+    assert {s.precision for s in load_scores([tmp_path / "out"])} == {"float32", "int8", "binary", "binary+rescore"}
