@@ -11,6 +11,8 @@ from sentence_transformers.base.modules import Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
+from tests._postgres import pg_dsn, pg_server  # noqa: F401  (session fixtures: a real PostgreSQL + pgvector)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
