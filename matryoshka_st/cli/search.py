@@ -7,6 +7,9 @@ prints.
     matryoshka-st search build ... --output my_index --overwrite   # replace an existing index
     matryoshka-st search tune --index my_index --queries queries.jsonl --target-recall 0.99
     matryoshka-st search query --index my_index --query "how do I resize a partition" --k 5
+
+With ``--backend pgvector --dsn ... --table NAME`` the same actions work on a PostgreSQL table instead of a folder
+(see :mod:`matryoshka_st.cli._search_pgvector`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import json
 import logging
 import sys
 
+from matryoshka_st.cli import _search_pgvector
 from matryoshka_st.readers import check_model_folder, read_texts
 from matryoshka_st.search.first_stage import FIRST_STAGES, FirstStageParams
+from matryoshka_st.search.pgvector import PG_FIRST_STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +82,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     build = actions.add_parser("build", help="Encode a corpus file and write an index folder.")
     build.add_argument("--corpus", required=True, help="Corpus: .txt (one text a line) or .jsonl[.gz] (BEIR too).")
-    build.add_argument("--output", required=True, help="Index folder to write.")
+    build.add_argument("--output", default=None, help="Index folder to write (faiss backend).")
     build.add_argument("--model", default=None, help="Model path or Hub id (default: the bundled all-MiniLM-L6-v2).")
     build.add_argument("--stages", type=parse_stages, default=[(64, 1000), (128, 100)], help="DIM:SHORTLIST,...")
     build.add_argument(
         "--first-stage",
-        choices=FIRST_STAGES,
-        default="float",
-        help="Flat: float, int8, binary. Sublinear: hnsw, int8_hnsw, binary_hnsw (HNSW graphs), ivf (inverted file).",
+        choices=sorted({*FIRST_STAGES, *PG_FIRST_STAGES}),
+        default=None,
+        help="Flat: float (default), int8, binary. Sublinear: hnsw, int8_hnsw, binary_hnsw (HNSW graphs), ivf "
+        "(inverted file). pgvector: hnsw (default), halfvec_hnsw, binary_hnsw.",
     )
     _add_first_stage_flags(build, build=True)
     build.add_argument("--full-dim", type=int, default=None, help="Dim of the final rerank (default: the model's).")
@@ -93,9 +99,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--max-seq-length", type=int, default=None)
     build.add_argument("--overwrite", action="store_true", help="Replace an index already in --output.")
+    _search_pgvector.add_backend_flags(build, "build")
 
     query = actions.add_parser("query", help="Search an index; print or write top-k results as JSON lines.")
-    query.add_argument("--index", required=True, help="Index folder written by 'search build'.")
+    query.add_argument("--index", default=None, help="Index folder written by 'search build' (faiss backend).")
     query.add_argument(
         "--model", default=None, help="Model path or Hub id (default: the one the index was built with)."
     )
@@ -109,11 +116,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     query.add_argument("--mmap", action="store_true", help="Memory-map the full-dim vectors instead of loading them.")
     query.add_argument("--stages", type=parse_stages, default=None, help="Override the index's shortlists.")
     _add_first_stage_flags(query, build=False)
+    _search_pgvector.add_backend_flags(query, "query")
 
     tune = actions.add_parser(
         "tune", help="Pick the fastest schedule meeting a recall target on sample queries; save it in the index."
     )
-    tune.add_argument("--index", required=True, help="Index folder written by 'search build'.")
+    tune.add_argument("--index", default=None, help="Index folder written by 'search build' (faiss backend).")
     tune.add_argument(
         "--queries", required=True, help="Sample queries: .txt, .jsonl[.gz] (encoded with --model) or .npy vectors."
     )
@@ -136,6 +144,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     tune.add_argument("--rerank-dims", type=parse_ints, default=[], help="Intermediate rerank dims to try.")
     tune.add_argument("--output", default=None, help="Folder for the tuned index (default: overwrite --index).")
     tune.add_argument("--seed", type=int, default=0)
+    _search_pgvector.add_backend_flags(tune, "tune")
     parser.set_defaults(func=run)
     return parser
 
@@ -155,6 +164,8 @@ def _load_model(name_or_path: str | None, max_seq_length: int | None = None):
 
 
 def interrupted(args: argparse.Namespace) -> str:
+    if args.backend == "pgvector":
+        return _search_pgvector.interrupted(args)
     if args.action == "build":
         return (
             f"No index was written to {args.output} (it is renamed into place only when complete): run the same "
@@ -165,6 +176,13 @@ def interrupted(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        _search_pgvector.check_backend_flags(args)
+        if args.backend == "pgvector":
+            return _search_pgvector.run(args)
+        where = "--output" if args.action == "build" else "--index"
+        if getattr(args, where[2:]) is None:
+            raise ValueError(f"{where} is required (the index folder), or pass --backend pgvector --table NAME.")
+        args.first_stage = getattr(args, "first_stage", None) or "float"
         return {"build": _build, "query": _query, "tune": _tune}[args.action](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"matryoshka-st search {args.action}: error: {error}", file=sys.stderr)

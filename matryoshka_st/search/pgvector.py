@@ -866,6 +866,12 @@ class _PgvectorTarget:
             self.built.append(dim)
         index.stages = [(dim, min(shortlist, MAX_EF_SEARCH))]
 
+    def drop_first_dim(self, dim: int) -> None:
+        """Drop an index tuning built at ``dim`` that gave no candidate."""
+        if dim in self.built:
+            self.index._drop_index(self.index.first_stage, dim)
+            self.built.remove(dim)
+
     def pool(self, queries: np.ndarray, pool_size: int, dims: Sequence[int]) -> tuple[np.ndarray, dict]:
         return self.index._pool(queries, pool_size, dims)
 
