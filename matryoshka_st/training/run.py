@@ -20,7 +20,7 @@ import numpy as np
 from huggingface_hub import constants as hub_constants
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.base.sampler import BatchSamplers
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from matryoshka_st.dims import full_embedding_dim
 from matryoshka_st.losses import MatryoshkaLoss
@@ -351,6 +351,8 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
             _rotate_by_pca(model, pca_texts, "a PCA start")
         else:  # the checkpoint holds the rotation: give the model the module it is loaded into
             _add_identity_rotation(model)
+    # the inner loss may hold a randomly initialised head (SoftmaxLoss); the trainer seeds only once it is built
+    set_seed(config.training.seed)
     loss = _build_loss(model, spec, config, recipe)
     dims = loss.matryoshka_dims
     plan = eval_plan(config, dims, spec, eval_dataset)

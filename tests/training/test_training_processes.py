@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from matryoshka_st.metadata import read_matryoshka_config
 from matryoshka_st.training import parse_config, run
-from tests.training._helpers import pair_rows, run_subprocess, write_jsonl
+from tests.training._helpers import pair_rows, run_subprocess, scored_rows, write_jsonl
 
 ARGS = {
     "per_device_train_batch_size": 8,
@@ -77,18 +77,45 @@ run(parse_config(json.loads(sys.argv[1])), callbacks=[KillAt()])
 """
 
 
+def _assert_same_json(actual, expected, where: str) -> None:
+    """Parsed JSON equal, floats to rel 1e-4 (the weights agree to 1e-5, not bit for bit, so numbers fitted on
+    them, such as int8 scales, may differ in their last digits)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key in expected:
+            _assert_same_json(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_same_json(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-4, abs=1e-7), where
+    else:
+        assert actual == expected, where
+
+
+def _final_files(folder: Path) -> dict[str, Path]:
+    return {str(path.relative_to(folder)): path for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    write_jsonl(tmp_path / "pairs.jsonl", pair_rows(64))
+@pytest.mark.parametrize("loss", ["MultipleNegativesRankingLoss", "SoftmaxLoss"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, loss):
+    """Killed at step 5 and resumed from checkpoint-4, the run saves what an uninterrupted run saves: every weight
+    file under ``final/`` (the encoder, the default recipe's rotation in ``2_Dense/``, SoftmaxLoss's heads per dim)
+    and ``matryoshka_config.json``."""
+    rows = pair_rows(64) if loss == "MultipleNegativesRankingLoss" else scored_rows(64, integer=True)
+    write_jsonl(tmp_path / "train.jsonl", rows)
     values = {
         **ARGS,
         "model_name_or_path": tiny_model_dir,
-        "train_data": str(tmp_path / "pairs.jsonl"),
+        "train_data": str(tmp_path / "train.jsonl"),
         "max_steps": 8,
         "save_steps": 2,
         "matryoshka_dims": [64, 32, 16],
     }
     reference = run(parse_config({**values, "output_dir": str(tmp_path / "reference")}))
+    assert read_matryoshka_config(reference.model_path).loss == loss
 
     (tmp_path / "killer.py").write_text(KILLER)
     killed = run_subprocess([sys.executable, "killer.py", json.dumps({**values, "output_dir": "resumed"})], tmp_path)
@@ -104,10 +131,22 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stderr
 
-    expected = load_file(str(Path(reference.model_path) / "model.safetensors"))
-    actual = load_file(str(tmp_path / "resumed" / "final" / "model.safetensors"))
-    assert expected.keys() == actual.keys()
+    expected_files = _final_files(Path(reference.model_path))
+    actual_files = _final_files(tmp_path / "resumed" / "final")
+    assert actual_files.keys() == expected_files.keys()
+    weight_files = [name for name in expected_files if name.endswith(".safetensors")]
+    wanted = {"model.safetensors", "2_Dense/model.safetensors"}
+    if loss == "SoftmaxLoss":
+        wanted.add("matryoshka_heads.safetensors")
+    assert wanted <= set(weight_files), weight_files
     start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
-    assert any(not torch.equal(start[k], expected[k]) for k in expected)  # training did change the weights
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4)
+    encoder = load_file(str(expected_files["model.safetensors"]))
+    assert any(not torch.equal(start[k], encoder[k]) for k in encoder)  # training did change the weights
+    for name in weight_files:
+        expected, actual = load_file(str(expected_files[name])), load_file(str(actual_files[name]))
+        assert expected.keys() == actual.keys(), name
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4, msg=f"{name}: {key}")
+    for name in ["matryoshka_config.json"] + (["matryoshka_heads.json"] if loss == "SoftmaxLoss" else []):
+        actual, expected = (json.loads(files[name].read_text()) for files in (actual_files, expected_files))
+        _assert_same_json(actual, expected, name)

@@ -82,6 +82,25 @@ def test_pairs_with_integer_labels_train_heads(tiny_model_dir, tmp_path):
         assert heads["separate.16.weight"].shape == (3, 3 * 16)  # 3 classes, [u, v, |u-v|] at 16 dims
 
 
+def test_seed_fixes_the_heads_whatever_the_process_drew_before(tiny_model_dir, tmp_path):
+    """SoftmaxLoss draws its classifier from torch's global RNG when it is built, before the trainer seeds: the run
+    seeds first, so one ``seed`` gives one set of heads (without it, a run in a process that had used the RNG, such
+    as the in-process reference of the resume test in ``test_training_processes.py``, started from other heads).
+
+    Breakage check (in a throwaway copy, it fails this test): deleting ``set_seed(config.training.seed)`` before
+    ``_build_loss`` in ``training/run.py``.
+    """
+    data = write_jsonl(tmp_path / "nli.jsonl", scored_rows(16, integer=True))
+    heads = []
+    for attempt in range(2):
+        torch.manual_seed(100 + attempt)  # the process drew differently before each run
+        result = run(_config(tiny_model_dir, data, tmp_path / f"out{attempt}", max_steps=1, save_strategy="no"))
+        heads.append(load_file(os.path.join(result.model_path, "matryoshka_heads.safetensors")))
+    assert heads[0].keys() == heads[1].keys() and heads[0]
+    for key in heads[0]:
+        assert torch.equal(heads[0][key], heads[1][key]), key
+
+
 def test_scores_use_cosent_and_sts_evaluation(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "sts.jsonl", scored_rows(40))
     result = run(_config(tiny_model_dir, data, tmp_path / "out", max_steps=2, eval_size=0.25, save_strategy="no"))
