@@ -135,8 +135,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--first-dims",
         type=parse_ints,
         default=None,
-        help="First-stage dims to try, each rebuilt (default: the index's own, doubling up to the full dim until one "
-        "meets the target).",
+        help="First-stage dims to try, each rebuilt (default: the index's own, doubling, up to the full dim; HNSW "
+        "and IVF stop at the first that meets the target).",
     )
     tune.add_argument("--shortlists", type=parse_ints, default=None, help="Shortlist sizes to try.")
     tune.add_argument("--ef-searches", type=parse_ints, default=None, help="HNSW efSearch values to try.")

@@ -180,9 +180,11 @@ def tune_index(
     The queries are split at random: ``1 - holdout_fraction`` of them choose the schedule, the rest (held back)
     measure its recall and speed. Candidates are every first-stage dim of ``first_dims``, every ``ef_search`` (HNSW)
     or ``nprobe`` (IVF), shortlist sizes ``shortlists`` and optional rerank stages at ``rerank_dims``; a first-stage
-    dim other than the index's builds a new first-stage index. By default ``first_dims`` climbs
-    :func:`first_dim_ladder` (the index's own dim, doubling, then the full dim) and stops at the first dim where
-    some schedule meets the target: a longer prefix, or the whole corpus as shortlist, reaches any recall. The
+    dim other than the index's builds a new first-stage index. By default ``first_dims`` is
+    :func:`first_dim_ladder` (the index's own dim, doubling, then the full dim), so some schedule meets any target
+    (a longer prefix, or the whole corpus as shortlist, is exact): a flat first stage, cheap to build, tries every
+    dim of it (a longer prefix with a short shortlist is often faster than a short one with a long shortlist); an
+    HNSW or IVF one, costly to build, climbs it only until a dim meets the target. The
     choice is kept on the index (``index.stages``, ``index.params``) and recorded in ``index.tuning``, which
     :meth:`FunnelIndex.save` writes; when nothing meets the target the index is left as it was.
 
@@ -263,8 +265,8 @@ def tune_index(
                     candidates.append(
                         {"stages": [(dim, stages[0])] + stages[1:], "setting": setting, "recall": recall}
                     )
-        if found_at_dim and climb:
-            break  # a longer prefix only makes the first stage slower
+        if found_at_dim and climb and not getattr(target, "cheap_first_stages", False):
+            break  # another graph or inverted file would take long to build
         if not found_at_dim:
             if climb and dim != first_dims[-1]:
                 logger.info(
@@ -366,6 +368,7 @@ class _FaissTarget:
         self.current_dim = index.stages[0][0]
         self.original = (index.stages, index.params)
         self.indexes = {self.current_dim: index._index}  # every first stage built so far, by dim
+        self.cheap_first_stages = self.kind not in (*HNSW_STAGES, "ivf")  # flat: a copy of the prefixes
 
     def settings(self, ef_searches, nprobes) -> list:
         if self.kind in HNSW_STAGES:
