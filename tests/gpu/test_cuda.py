@@ -196,8 +196,11 @@ def test_evaluate_on_device(_tiny_model, tmp_path, dtype):
         scores[name] = {run.dim: run.score for run in runs}
     assert set(scores["device"]) == {64, 32}
     assert all(0 <= score <= 1 for score in scores["device"].values())
+    # float32 on the device ranks as on the CPU (cuBLAS float32 matmuls do not use TF32 unless asked to); float16
+    # rounds embeddings to 11 bits, which can swap near ties
+    tolerance = 1e-4 if dtype == torch.float32 else 0.1
     for dim, score in scores["cpu"].items():
-        assert scores["device"][dim] == pytest.approx(score, abs=0.1), dim
+        assert scores["device"][dim] == pytest.approx(score, abs=tolerance), dim
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -213,5 +216,10 @@ def test_search_on_device(_tiny_model, dtype):
         scores, ids = index.search(QUERIES, k=3)
         assert np.isfinite(scores).all()
         results[name] = (scores, ids)
-    np.testing.assert_allclose(results["device"][0], results["cpu"][0], atol=1e-4 if dtype == torch.float32 else 3e-2)
-    assert (results["device"][1][:, 0] == results["cpu"][1][:, 0]).mean() >= 0.8  # the top hit, but for near ties
+    (device_scores, device_ids), (cpu_scores, cpu_ids) = results["device"], results["cpu"]
+    if dtype == torch.float32:
+        np.testing.assert_allclose(device_scores, cpu_scores, atol=1e-4)
+        np.testing.assert_array_equal(device_ids, cpu_ids)  # every rank of every query
+    else:  # float16 embeddings: close scores, the top hit but for near ties
+        np.testing.assert_allclose(device_scores, cpu_scores, atol=3e-2)
+        assert (device_ids[:, 0] == cpu_ids[:, 0]).mean() >= 0.8
