@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _funnel_corpus import encode_all  # noqa: E402
+from _funnel_corpus import encode_all  # the script's own folder is on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -48,3 +48,16 @@ def test_load_task_reads_the_shipped_dev_set():
     query_ids, queries, doc_ids, docs, qrels = common.load_task(folder)
     assert len(query_ids) == len(queries) and len(doc_ids) == len(docs)
     assert set(qrels) <= set(query_ids) and all(set(d) <= set(doc_ids) for d in qrels.values())
+
+
+def test_no_benchmark_script_edits_sys_path():
+    """Python puts a script's own folder on sys.path; the package comes from the install, not a path edit."""
+    scripts = sorted(_PATH.parent.glob("*.py"))
+    assert len(scripts) > 3
+    edits = [
+        f"{path.name}:{number}"
+        for path in scripts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "sys.path." in line and not line.lstrip().startswith("#")
+    ]
+    assert edits == []
