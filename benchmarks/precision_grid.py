@@ -13,7 +13,9 @@ Precisions, scored per query by pytrec_eval's nDCG@10 (as mteb):
   what ``matryoshka-st eval`` does for a model without saved scales); ``int8-shell``
   (:class:`matryoshka_st.quantization.Int8Calibration` fitted on the fit texts, one scale per shell, dequantised
   dot products); ``binary`` (Hamming); ``binary+rescore`` (Hamming shortlist of 40, rescored with the float query,
-  :func:`matryoshka_st.quantization.rescore_binary`).
+  :func:`matryoshka_st.quantization.rescore_binary`); ``binary-median`` (+``rescore``): the bits taken against each
+  axis' median on the fit texts instead of 0 (every bit set for half the texts), a probe for "centring before the
+  sign" (the rescore then uses the centred float query).
 
 Differences are paired bootstraps over queries (2,000 resamples) of the per-query scores averaged over seeds.
 
@@ -48,7 +50,7 @@ from matryoshka_st.readers import iter_jsonl  # noqa: E402
 logger = logging.getLogger("precision_grid")
 TASKS = ("debian_descriptions", "wordnet_examples")
 DIMS = (384, 256, 128, 64, 32)
-PRECISIONS = ("float32", "int8", "int8-shell", "binary", "binary+rescore")
+PRECISIONS = ("float32", "int8", "int8-shell", "binary", "binary+rescore", "binary-median", "binary-median+rescore")
 CACHE = Path(__file__).resolve().parent / ".cache" / "emb"
 
 
@@ -84,10 +86,16 @@ def fit_texts(train_file: Path, n: int) -> list[str]:
 
 
 def scores_at(
-    precision: str, queries: np.ndarray, docs: np.ndarray, dim: int, calibration: Int8Calibration
+    precision: str, queries: np.ndarray, docs: np.ndarray, dim: int, calibration: Int8Calibration, fit: np.ndarray
 ) -> np.ndarray:
     """``(Q, D)`` scores at one dim and precision of full-size query and document embeddings."""
     q, d = truncate_numpy(queries, dim), truncate_numpy(docs, dim)
+    if precision.startswith("binary-median"):  # sign bits against each axis' median on the fit texts: balanced
+        median = np.median(truncate_numpy(fit, dim), axis=0)
+        codes_q, codes_d = binary_codes(q - median), binary_codes(d - median)
+        if precision.endswith("+rescore"):
+            return rescore_binary(q - median, codes_d)  # the centred float query against the stored codes
+        return codes_q @ codes_d.T
     if precision == "float32":
         return q @ d.T
     if precision == "int8":
@@ -153,7 +161,7 @@ def main() -> None:
                     for precision in PRECISIONS:
                         for dim in dims:
                             values = ndcg_at_10_from_scores(
-                                scores_at(precision, q, d, dim, calibration), query_ids, doc_ids, qrels
+                                scores_at(precision, q, d, dim, calibration, rotate(fit)), query_ids, doc_ids, qrels
                             )
                             per_query.setdefault(name, {}).setdefault(task, {}).setdefault(precision, {}).setdefault(
                                 dim, []

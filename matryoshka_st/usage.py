@@ -85,7 +85,8 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
     Returns:
         A dict with ``path``, ``matryoshka`` (whether ``matryoshka_config.json`` is present), ``dims`` (largest
         first), ``weights``, ``full_dim``, ``recommended_truncate_dim``, ``recommendation`` (the metric, threshold
-        and scores it was chosen from, or ``None``), ``loss``, ``default_truncate_dim`` (the ``truncate_dim`` the
+        and scores it was chosen from, or ``None``), ``loss``, ``recipe``, ``int8_scales_dims`` (the dims with saved
+        int8 scales, or ``None``), ``default_truncate_dim`` (the ``truncate_dim`` the
         model loads with, usually ``None``) and ``ends_with_normalize`` (truncated vectors then need renormalising).
 
     Raises:
@@ -123,6 +124,7 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
         "recommendation": None,
         "loss": None,
         "recipe": None,
+        "int8_scales_dims": None,
         "default_truncate_dim": st_config.get("truncate_dim"),
         "ends_with_normalize": last_type.rsplit(".", 1)[-1] == "Normalize",
     }
@@ -135,6 +137,9 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
             recommendation=config.recommendation,
             loss=config.loss,
             recipe=config.recipe,
+            int8_scales_dims=sorted(map(int, config.int8_calibration["scales"]), reverse=True)
+            if config.int8_calibration
+            else None,
         )
     return info
 

@@ -57,10 +57,29 @@ def format_info(info: dict) -> str:
             recipe = info["recipe"]
             settings = ", ".join(
                 f"{key} {recipe[key]}"
-                for key in ("init", "distill_weight", "distill_temperature", "full_dim_share", "pca_after")
+                for key in (
+                    "init",
+                    "distill_weight",
+                    "distill_temperature",
+                    "full_dim_share",
+                    "pca_after",
+                    "shell_rotation",
+                )
                 if key in recipe
             )
             lines.append(f"recipe:                   {recipe.get('name')} ({settings})")
+    if info.get("int8_scales_dims"):
+        lines.append(
+            f"int8 scales:              one per shell, saved for dims {' '.join(map(str, info['int8_scales_dims']))} "
+            "(matryoshka-st eval scores int8 with them)"
+        )
+    if info["matryoshka"] and info["dims"]:
+        from matryoshka_st.evaluation.quality import STORED_PRECISIONS, bytes_per_vector
+
+        for dim in info["dims"]:
+            sizes = ", ".join(f"{p} {bytes_per_vector(dim, p):,}" for p in STORED_PRECISIONS)
+            label = "bytes per vector:" if dim == info["dims"][0] else ""
+            lines.append(f"{label:<26}{dim} dims: {sizes}")
     if info["default_truncate_dim"] is not None:
         lines.append(f"loads with truncate_dim:  {info['default_truncate_dim']}")
     if info["ends_with_normalize"]:

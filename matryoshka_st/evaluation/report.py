@@ -252,6 +252,8 @@ def _markdown(tables: list[QualityByDim], summary: dict[str, Any], keep: float) 
             f"{s['recommended_mean_score']:.4f} | {cheap} |"
         )
     for table in tables:
+        lines += _grid(table)
+    for table in tables:
         for precision, by_dim in table.scores.items():
             dims = list(by_dim)
             lines += ["", f"## {table.label}: {precision}", ""]
@@ -274,6 +276,32 @@ def _markdown(tables: list[QualityByDim], summary: dict[str, Any], keep: float) 
     for precision in precisions:
         lines.append(f"| {precision} | " + " | ".join(str(bytes_per_vector(d, precision)) for d in all_dims) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _grid(table: QualityByDim) -> list[str]:
+    """One model's (dim, precision) grid: mean score, its share of the full float32 score and bytes per vector."""
+    precisions = list(table.scores)
+    dims = sorted({d for by_dim in table.scores.values() for d in by_dim}, reverse=True)
+    task = MEAN if len(table.tasks) > 1 else next(iter(table.tasks))
+    lines = [
+        "",
+        f"## {table.label}: every (dimension, precision)",
+        "",
+        f"{'Mean score' if task == MEAN else 'Score'}, share of the full-dimension float32 score, bytes per vector.",
+        "",
+        "| dim | " + " | ".join(precisions) + " |",
+        "| ---: |" + " ---: |" * len(precisions),
+    ]
+    for dim in dims:
+        cells = []
+        for precision in precisions:
+            score = table.scores[precision].get(dim, {}).get(task)
+            share = table.share(task, dim, precision)
+            cells.append(
+                "" if score is None else f"{score:.4f} ({share:.1%}) · {bytes_per_vector(dim, precision):,} B"
+            )
+        lines.append(f"| {dim} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _write_csv(path: Path, tables: list[QualityByDim]) -> None:

@@ -28,8 +28,12 @@ def test_info_prints_dims_weights_and_recommendation(trained_model_dir, capsys):
     assert "weights:                  0.8 1.2" in out  # the default recipe: the full dim holds 0.4 of the weight
     assert (
         "recipe:                   pca-share-kl (init pca, distill_weight 1.0, distill_temperature 1.0, "
-        "full_dim_share 0.4, pca_after True)" in out
+        "full_dim_share 0.4, pca_after True, shell_rotation none)" in out
     )
+    # the int8 scales fitted at the end of training, and what each (dim, precision) stores
+    assert "int8 scales:              one per shell, saved for dims 64 32" in out
+    assert "bytes per vector:         64 dims: float32 256, int8 64, binary 8\n" in out
+    assert "\n                          32 dims: float32 128, int8 32, binary 4\n" in out
     assert f"recommended truncate_dim: {recommended}" in out
     assert f"chosen from:              heldout_cosine_ndcg@10 (keep >= {threshold:.0%} of full): 64: " in out
     assert "loss:                     MatryoshkaLoss(MultipleNegativesRankingLoss)" in out
@@ -38,6 +42,7 @@ def test_info_prints_dims_weights_and_recommendation(trained_model_dir, capsys):
     assert main(["info", trained_model_dir, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["dims"] == [64, 32] and info["recommended_truncate_dim"] == recommended
+    assert info["int8_scales_dims"] == [64, 32]
 
 
 def test_info_of_a_model_without_metadata(tiny_model, tmp_path, capsys):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from matryoshka_st.dims import truncate_numpy
 from matryoshka_st.evaluation import evaluate
 from matryoshka_st.evaluation.cache import EmbeddingCache
-from matryoshka_st.evaluation.report import load_scores
+from matryoshka_st.evaluation.report import load_scores, render
 from matryoshka_st.metadata import MatryoshkaConfig, write_matryoshka_config
 from matryoshka_st.quantization import Int8Calibration, rescore_binary
 
@@ -88,3 +88,12 @@ def test_evaluate_reads_the_saved_scales_and_reports_binary_rescore(tiny_model, 
     assert all(("int8_calibration" in kwargs) == saved for kwargs in int8_kwargs)
     # the report reads the rescored runs back as their own precision
     assert {s.precision for s in load_scores([tmp_path / "out"])} == {"float32", "int8", "binary", "binary+rescore"}
+    # and the report leads with the (dim, precision) grid: score, share of full float32, bytes per vector
+    render([tmp_path / "out"], tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    grid = markdown[markdown.index("every (dimension, precision)") :]
+    assert "| dim | float32 | int8 | binary | binary+rescore |" in grid
+    row32 = next(line for line in grid.splitlines() if line.startswith("| 32 |"))
+    cells = [cell.strip() for cell in row32.strip("|").split("|")]
+    assert [cell.rsplit("· ", 1)[1] for cell in cells[1:]] == ["128 B", "32 B", "4 B", "4 B"]
+    assert markdown.index("every (dimension, precision)") < markdown.index("tiny: float32")
