@@ -11,18 +11,21 @@ from sentence_transformers.sentence_transformer import losses as st_losses
 
 from matryoshka_st import MatryoshkaLoss
 from matryoshka_st.losses.distill import similarity_distillation
+from matryoshka_st.losses.paths import loss_path
 
 from ._batches import ANCHORS, NEGATIVES, POSITIVES, features
 
 
-def _kl_by_hand(anchors, candidates, dim, scale, temperature):
-    """KL(p_full || p_dim) per anchor, averaged, times temperature**2, written out with plain loops."""
+def _kl_by_hand(anchors, candidates, dim, scale, temperature, skip_self=False):
+    """KL(p_full || p_dim) per anchor, averaged, times temperature**2, written out with plain loops; ``skip_self``
+    leaves out candidate ``i`` for anchor ``i`` (one column: the anchors are each other's candidates)."""
     total = 0.0
-    for a in anchors:
+    for i, a in enumerate(anchors):
+        others = [c for j, c in enumerate(candidates) if not (skip_self and j == i)]
 
-        def probs(d, a=a):
+        def probs(d, a=a, others=others):
             x = a[:d] / a[:d].norm()
-            logits = [scale * float(x @ (c[:d] / c[:d].norm())) / temperature for c in candidates]
+            logits = [scale * float(x @ (c[:d] / c[:d].norm())) / temperature for c in others]
             m = max(logits)
             z = sum(math.exp(v - m) for v in logits)
             return [math.exp(v - m) / z for v in logits]
@@ -135,13 +138,28 @@ def test_cached_loss_matches_the_uncached_one_with_distillation(tiny_model, one_
 
 
 def test_replay_path_distils_too(tiny_model, one_torch_thread):
+    """On the replay path the term is the dim's weight x distill_weight x the KL of the single column's anchors
+    against each other (the diagonal left out), with the default scale 20 (MSELoss has none), computed by hand."""
     # GISTEmbedLoss-like losses take the replay path; MSELoss with teacher labels is the simplest such loss
+    assert loss_path(st_losses.MSELoss) == "replay"
+    tiny_model.eval()  # no dropout: the test's embeddings are the loss's
+    batch = features(tiny_model, ANCHORS)
     with torch.no_grad():
         teacher = tiny_model.encode(ANCHORS, convert_to_tensor=True)
-    loss = MatryoshkaLoss(tiny_model, st_losses.MSELoss(tiny_model), [64, 32], distill_weight=1.0)
-    out = loss(features(tiny_model, ANCHORS), teacher)
-    assert set(out) == {"loss_dim_64", "loss_dim_32", "distill_dim_32"}
-    assert float(out["distill_dim_32"]) > 0
+        student = tiny_model(dict(batch[0]))["sentence_embedding"].double()  # (6, 64)
+    loss = MatryoshkaLoss(
+        tiny_model,
+        st_losses.MSELoss(tiny_model),
+        [64, 32, 16],
+        matryoshka_weights=[1.0, 1.5, 0.5],
+        distill_weight=0.7,
+        distill_temperature=2.0,
+    )
+    out = loss(batch, teacher)
+    assert set(out) == {"loss_dim_64", "loss_dim_32", "loss_dim_16", "distill_dim_32", "distill_dim_16"}
+    for dim, weight in ((32, 1.5), (16, 0.5)):
+        expected = weight * 0.7 * _kl_by_hand(student, student, dim, 20.0, 2.0, skip_self=True)
+        assert float(out[f"distill_dim_{dim}"]) == pytest.approx(expected, rel=1e-4), dim
 
 
 @pytest.mark.parametrize(
