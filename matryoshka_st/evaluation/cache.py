@@ -237,25 +237,11 @@ class TruncatedEncoder:
     def mteb_model_meta(self) -> ModelMeta:
         return self._meta
 
-    def encode(
-        self,
-        inputs: DataLoader,
-        *,
-        task_metadata: TaskMetadata,
-        hf_split: str,
-        hf_subset: str,
-        prompt_type: PromptType | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        full = self.cache.encode(
-            inputs,
-            task_metadata=task_metadata,
-            hf_split=hf_split,
-            hf_subset=hf_subset,
-            prompt_type=prompt_type,
-            **kwargs,
-        )
-        return self.cache.derive(full, self.dim, self.precision, task_metadata.name, prompt_type)
+    def encode(self, inputs: DataLoader, *, task_metadata: TaskMetadata, **kwargs: Any) -> np.ndarray:
+        """The cache's vectors for ``inputs`` at this view's dim and precision; the arguments are those of
+        :meth:`EmbeddingCache.encode` (mteb's ``EncoderProtocol.encode``), passed on as they came."""
+        full = self.cache.encode(inputs, task_metadata=task_metadata, **kwargs)
+        return self.cache.derive(full, self.dim, self.precision, task_metadata.name, kwargs.get("prompt_type"))
 
     def similarity(self, embeddings1: Array, embeddings2: Array) -> Array:
         if self.precision == "binary+rescore":  # float queries x document codes: Hamming shortlist, then rescore

@@ -142,3 +142,31 @@ def test_bad_arguments(tiny_model):
 
 def test_bytes_per_vector():
     assert [bytes_per_vector(100, p) for p in ("float32", "int8", "binary")] == [400, 100, 13]
+
+
+def test_a_view_passes_its_arguments_to_the_cache_as_they_came():
+    """The encode arguments are stated once, by the cache: a view needs no change when mteb passes a new one."""
+    from types import SimpleNamespace
+
+    from matryoshka_st.evaluation.cache import TruncatedEncoder
+
+    calls = []
+    meta = SimpleNamespace(model_copy=lambda update: meta)
+    cache = SimpleNamespace(
+        full_dim=8,
+        meta=meta,
+        encode=lambda inputs, **kwargs: calls.append(kwargs) or np.ones((2, 8), np.float32),
+        derive=lambda full, dim, precision, task, prompt_type: full[:, :dim] * (prompt_type is PromptType.query),
+    )
+    view = TruncatedEncoder(cache, 4)
+    task = SimpleNamespace(name="task")
+    out = view.encode([], task_metadata=task, hf_split="test", hf_subset="default", prompt_type=PromptType.query)
+    assert out.shape == (2, 4) and out.sum() == 8
+    assert calls[-1] == {
+        "task_metadata": task,
+        "hf_split": "test",
+        "hf_subset": "default",
+        "prompt_type": PromptType.query,
+    }
+    view.encode([], task_metadata=task, hf_revision="abc")  # an argument the view does not name, and none it did
+    assert calls[-1] == {"task_metadata": task, "hf_revision": "abc"}
