@@ -45,6 +45,38 @@ def test_heads_per_dim_shapes_and_gradients(tiny_model, mode):
         assert grad[:, :, :16].abs().sum() > 0 and grad[:, :, 32:].abs().sum() > 0
 
 
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_each_dim_is_cross_entropy_of_its_head_on_the_cut_pair_features(tiny_model, mode):
+    """loss_dim_d = weight_d x cross-entropy of ``W_d [u_d, v_d, |u_d - v_d|] + b``, with ``u_d``, ``v_d`` the
+    renormalised ``d``-prefixes and ``W_d`` the dim's own head (separate) or columns ``[0:d, 64:64+d, 128:128+d]``
+    of the full head (shared), written out here with plain tensor operations."""
+    tiny_model.eval()
+    weights = [1.0, 0.5, 2.0]
+    loss = MatryoshkaLoss(tiny_model, _softmax(tiny_model), DIMS, weights, head_mode=mode)
+    torch.manual_seed(3)
+    with torch.no_grad():  # every head different from every other and from a slice of the full head
+        for parameter in loss.heads.parameters():
+            parameter.normal_(std=0.5)
+    batch = features(tiny_model, ANCHORS, POSITIVES)
+    out = loss(batch, LABELS)
+    with torch.no_grad():
+        u_full, v_full = (tiny_model(dict(column))["sentence_embedding"] for column in batch)  # (6, 64) each
+    full = loss.heads.full
+    for dim, weight in zip(DIMS, weights):
+        u = u_full[:, :dim] / u_full[:, :dim].norm(dim=1, keepdim=True)
+        v = v_full[:, :dim] / v_full[:, :dim].norm(dim=1, keepdim=True)
+        pair = torch.cat([u, v, (u - v).abs()], dim=1)  # (6, 3 * dim)
+        if mode == "separate" and dim != 64:
+            head_weight, head_bias = loss.heads.separate[str(dim)].weight, loss.heads.separate[str(dim)].bias
+        else:
+            columns = [c for block in range(3) for c in range(block * 64, block * 64 + dim)]
+            head_weight, head_bias = full.weight[:, columns], full.bias  # (3, 3 * dim), (3,)
+        logits = pair @ head_weight.T + head_bias  # (6, 3)
+        log_probs = logits - logits.exp().sum(dim=1, keepdim=True).log()
+        expected = -log_probs[torch.arange(len(LABELS)), LABELS].mean()
+        assert float(out[f"loss_dim_{dim}"]) == pytest.approx(weight * float(expected), rel=1e-5), dim
+
+
 def test_shared_head_is_a_slice():
     full = nn.Linear(2 * 8, 3)
     sliced = SlicedLinear(full, n_blocks=2, full_dim=8, dim=4)

@@ -45,6 +45,15 @@ def _teacher(model):
     return features(model, ANCHORS), teacher
 
 
+def _unit_prefix_teacher(model):
+    """Teacher vectors that are unit length at every prefix of DIMS (nothing beyond the smallest dim): there,
+    renormalising a cut teacher, as ours does and the reference does not, changes nothing."""
+    torch.manual_seed(5)
+    teacher = torch.zeros(len(ANCHORS), 64)
+    teacher[:, : min(DIMS)] = torch.nn.functional.normalize(torch.randn(len(ANCHORS), min(DIMS)), dim=-1)
+    return features(model, ANCHORS), teacher
+
+
 def _margins(model):
     return _triplets(model), torch.tensor([0.5, 0.3, 0.2, 0.4, 0.1, 0.6])
 
@@ -106,6 +115,7 @@ LOSSES = {
         True,
     ),
     "MSELoss": (st_losses.MSELoss, _teacher, False),
+    "MSELoss(unit-prefix teacher)": (st_losses.MSELoss, _unit_prefix_teacher, True),
     "MarginMSELoss": (st_losses.MarginMSELoss, _margins, True),
     "DistillKLDivLoss": (st_losses.DistillKLDivLoss, _kl_scores, True),
     "SoftmaxLoss": (lambda m: st_losses.SoftmaxLoss(m, 64, num_labels=3), _nli, False),
@@ -153,6 +163,33 @@ def test_equals_reference(tiny_model, name):
     torch.manual_seed(1)
     theirs_value = theirs(sentence_features, labels)
     assert float(ours_value) == pytest.approx(float(theirs_value), abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_softmax_loss_equals_the_reference_at_each_dim_with_that_dims_head(tiny_model, mode):
+    """The reference cannot run SoftmaxLoss on a prefix (its head reads 3 x 64 features); at each dim ours equals
+    the reference at that one dim around a SoftmaxLoss whose head is ours for that dim."""
+    tiny_model.eval()
+    sentence_features, labels = _nli(tiny_model)
+    weights = [1.0, 0.5, 2.0]
+    ours = MatryoshkaLoss(
+        tiny_model, st_losses.SoftmaxLoss(tiny_model, 64, num_labels=3), DIMS, weights, head_mode=mode
+    )
+    if mode == "separate":  # heads of their own, not slices of the full one (as after training)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            for head in ours.heads.separate.values():
+                head.weight.normal_(std=0.5)
+                head.bias.normal_(std=0.5)
+    out = ours(sentence_features, labels)
+    for dim, weight in zip(DIMS, weights):
+        inner = st_losses.SoftmaxLoss(tiny_model, dim, num_labels=3)
+        head = ours.heads.head(dim)
+        with torch.no_grad():
+            inner.classifier.weight.copy_(head.weight)
+            inner.classifier.bias.copy_(ours.heads.full.bias if mode == "shared" else head.bias)  # shared: one bias
+        reference = st_losses.MatryoshkaLoss(tiny_model, inner, [dim], [weight])(sentence_features, labels)
+        assert float(out[f"loss_dim_{dim}"]) == pytest.approx(float(reference), abs=1e-5), dim
 
 
 @pytest.mark.parametrize("name", ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "CoSENTLoss"])
