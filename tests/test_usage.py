@@ -7,6 +7,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from matryoshka_st.dims import truncate_numpy
+from matryoshka_st.evaluation.quality import recommend_dim
 from matryoshka_st.usage import encode_truncated, matryoshka_info
 from tests.hub._helpers import shared_trained_model
 
@@ -69,6 +70,11 @@ def test_matryoshka_info(trained_model_dir):
     assert info["recipe"]["name"] == "pca-share-kl"
     assert info["full_dim"] == 64
     assert info["recommended_truncate_dim"] == metadata["recommended_truncate_dim"] in (64, 32)
+    # the smallest dim keeping the threshold's share of the full dim's held-out score, as recorded
+    recorded = metadata["recommendation"]
+    scores = {int(dim): score for dim, score in recorded["scores"].items()}
+    assert set(scores) == {64, 32} and info["recommendation"] == recorded
+    assert info["recommended_truncate_dim"] == recommend_dim(scores, recorded["threshold"], full_dim=64)
     assert info["recommendation"]["metric"] == "heldout_dim_{dim}_cosine_ndcg@10"
     assert info["loss"] == "MultipleNegativesRankingLoss"
     assert info["default_truncate_dim"] is None

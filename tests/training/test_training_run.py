@@ -10,10 +10,12 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
+from matryoshka_st.evaluation.quality import recommend_dim
 from matryoshka_st.metadata import MATRYOSHKA_CONFIG_NAME, read_matryoshka_config
 from matryoshka_st.training import NonFiniteLossError, parse_config, run
 from matryoshka_st.training.checkpoints import save_atomically
-from matryoshka_st.training.evaluators import EncodeOnceEvaluator, RetrievalSet, _retrieval_evaluators
+from matryoshka_st.training.evaluators import EncodeOnceEvaluator, RetrievalSet, _retrieval_evaluators, eval_plan
+from matryoshka_st.training.run import _load_datasets
 from tests.training._helpers import scored_rows, write_jsonl
 
 FAST = {"per_device_train_batch_size": 8, "logging_steps": 1, "report_to": "none", "seed": 1}
@@ -58,6 +60,14 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
     assert metadata.loss == "MultipleNegativesRankingLoss"
     assert metadata.recommended_truncate_dim == result.recommended_truncate_dim in (64, 32)
     assert metadata.recommendation["metric"] == "heldout_dim_{dim}_cosine_ndcg@10"
+    # the scores after training are the saved model's on the held-out rows, and the recommendation follows from them
+    _, eval_dataset, spec = _load_datasets(config)
+    plan = eval_plan(config, [64, 32], spec, eval_dataset)
+    saved_scores = plan.scores(plan.evaluator(SentenceTransformer(result.model_path, device="cpu")), [64, 32])
+    assert saved_scores == pytest.approx(result.scores_after, abs=1e-6)
+    assert metadata.recommendation["scores"] == {str(dim): score for dim, score in result.scores_after.items()}
+    assert metadata.recommendation["threshold"] == 0.98
+    assert result.recommended_truncate_dim == recommend_dim(result.scores_after, 0.98, full_dim=64)
     assert read_matryoshka_config(output_dir / "checkpoint-2").matryoshka_dims == [64, 32]
 
     model = SentenceTransformer(result.model_path, device="cpu")  # tolerates matryoshka_config.json
