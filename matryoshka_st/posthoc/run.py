@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from sentence_transformers import SentenceTransformer
 
+from matryoshka_st._atomic import write_folder_atomically
 from matryoshka_st.dims import full_embedding_dim, validate_dims
 from matryoshka_st.posthoc.adaptor import add_adaptor, resolve_config
 from matryoshka_st.posthoc.pca import add_pca_rotation
@@ -101,8 +102,7 @@ def adapt(
             model, texts=texts, dims=dims, batch_size=batch_size, show_progress_bar=show_progress_bar, **kwargs
         )
     if output_dir is not None:
-        from matryoshka_st.training.checkpoints import save_atomically
-
-        save_atomically(model, output_dir, lambda folder: None)  # a killed run leaves the old folder or none
+        # a killed run leaves the old folder or none
+        write_folder_atomically(output_dir, lambda folder: model.save_pretrained(str(folder)))
         logger.info("Saved the %s-adapted model to %s.", method, output_dir)
     return model

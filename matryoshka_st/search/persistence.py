@@ -5,15 +5,13 @@ norms and the FAISS first-stage index."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matryoshka_st._atomic import write_folder_atomically
 from matryoshka_st.search.first_stage import FirstStageParams, apply_search_params, read_index, write_index
 
 if TYPE_CHECKING:
@@ -33,9 +31,6 @@ def save_index(index: FunnelIndex, path: str | Path) -> None:
     old index or the new one, never half of one (where ``path`` holds other files too, only the index files are
     replaced, the config last). Refusing to replace an index is the caller's choice.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     config = {
         "format_version": FORMAT_VERSION,
         "stages": [list(stage) for stage in index.stages],
@@ -49,30 +44,15 @@ def save_index(index: FunnelIndex, path: str | Path) -> None:
         "doc_ids": index.doc_ids,
         "memory": asdict(index.memory_report()),
     }
-    np.save(path / EMBEDDINGS_NAME, np.asarray(index.embeddings))
-    np.save(path / PREFIX_NORMS_NAME, index._prefix_norms)
-    write_index(index._index, index.first_stage, str(path / FIRST_STAGE_NAME))
-    (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.chmod(path, 0o777 & ~_umask())  # mkdtemp creates 0700
-    names = {CONFIG_NAME, EMBEDDINGS_NAME, PREFIX_NORMS_NAME, FIRST_STAGE_NAME}
-    if final.is_dir() and any(p.name not in names for p in final.iterdir()):
-        # a folder holding other files too: replace the index files one by one, the config last
-        for name in sorted(names - {CONFIG_NAME}) + [CONFIG_NAME]:
-            os.replace(path / name, final / name)
-        path.rmdir()
-    elif final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.rename(final, old / "index")
-        os.rename(path, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(path, final)
 
+    def write(folder: Path) -> None:
+        np.save(folder / EMBEDDINGS_NAME, np.asarray(index.embeddings))
+        np.save(folder / PREFIX_NORMS_NAME, index._prefix_norms)
+        write_index(index._index, index.first_stage, str(folder / FIRST_STAGE_NAME))
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    # a folder holding other files too keeps them: the index files are replaced one by one, the config last
+    write_folder_atomically(path, write, own_files=[FIRST_STAGE_NAME, EMBEDDINGS_NAME, PREFIX_NORMS_NAME, CONFIG_NAME])
 
 
 def load_index(cls: type[FunnelIndex], path: str | Path, mmap: bool = False) -> FunnelIndex:

@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from matryoshka_st._atomic import write_folder_atomically
 from matryoshka_st.training.arguments import ConfigError, TrainConfig
 
 FINAL_DIR_NAME = "final"
@@ -54,28 +55,14 @@ def resolve_resume(config: TrainConfig) -> str | None:
 
 def save_atomically(model: SentenceTransformer, path: str | os.PathLike, write_extras: Callable[[str], None]) -> str:
     """Save ``model`` (and whatever ``write_extras(folder)`` adds) to a temporary sibling folder, then rename it to
-    ``path``: a reader sees the previous complete model or the new complete model, never a half-written one."""
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    try:
-        model.save_pretrained(tmp)
-        write_extras(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(path):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-        os.rename(path, os.path.join(old, "model"))
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
-    return path
+    ``path`` (:func:`~matryoshka_st._atomic.write_folder_atomically`): a reader sees the previous complete model
+    or the new complete model, never a half-written one."""
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        write_extras(str(folder))
+
+    return str(write_folder_atomically(path, write))
 
 
 def _remove_previous_run(output_dir: Path) -> None:
