@@ -110,6 +110,22 @@ def test_console_script_runs_end_to_end(model_dir, workdir):
     assert read_matryoshka_config(workdir / "out" / "final").matryoshka_dims == [64, 16]
 
 
+@pytest.mark.slow
+def test_console_script_exits_1_on_a_nan_loss_and_names_the_last_good_checkpoint(model_dir, workdir):
+    """A learning rate of 1e30 (Adam steps each weight by about that much) overflows the second step's forward."""
+    process = run_subprocess(
+        [console_script(), "train", "--model_name_or_path", model_dir, "--train_data", "pairs.jsonl"]
+        + ["--output_dir", "out", "--max_steps", "6", "--save_steps", "1", "--learning_rate", "1e30"]
+        + ["--per_device_train_batch_size", "8"],
+        workdir,
+    )
+    assert process.returncode == 1, process.stderr[-3000:]
+    (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert "became NaN or infinite at step 2" in line and "--resume_from_checkpoint out/checkpoint-1" in line, line
+    assert "Traceback" not in process.stderr and "saved to" not in process.stdout
+    assert sorted(os.listdir(workdir / "out")) == ["checkpoint-1"]  # no final model, no later checkpoint
+
+
 def test_default_job_report_is_skipped_without_mteb(monkeypatch, caplog):
     """On a machine without mteb (a bare GPU image) the default job still trains and saves; only the report goes."""
     from matryoshka_st.cli.train import _default_job_report
