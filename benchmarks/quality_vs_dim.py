@@ -73,21 +73,44 @@ MIX = {
     "bible-kjv-ylt": 0.05,
     "jargon": 0.05,
 }
-# Recipes (issue 14): keyword arguments of our MatryoshkaLoss, plus "init": "pca" for a PCA-rotated start (the
-# rotation is fitted on the model's embeddings of the training sample's texts, as `matryoshka-st train --init pca`).
-RECIPES: dict[str, dict[str, Any]] = {
-    "kl": dict(distill_weight=1.0, distill_temperature=1.0),
-    "kl-t2": dict(distill_weight=1.0, distill_temperature=2.0),
-    "kl-light": dict(distill_weight=0.3, distill_temperature=1.0),
-    "share": dict(full_dim_share=0.4),
-    "pca": dict(init="pca"),
-    "pca-kl": dict(init="pca", distill_weight=1.0, distill_temperature=1.0),
-    "share-kl": dict(full_dim_share=0.4, distill_weight=1.0, distill_temperature=1.0),
-    "pca-share": dict(init="pca", full_dim_share=0.4),
-    "pca-share-kl": dict(init="pca", full_dim_share=0.4, distill_weight=1.0, distill_temperature=1.0),
-    "pca-share-kl-t2": dict(init="pca", full_dim_share=0.4, distill_weight=1.0, distill_temperature=2.0),
-    "pca-share6-kl": dict(init="pca", full_dim_share=0.6, distill_weight=1.0, distill_temperature=1.0),
+# Recipes (issue 14): the package's named recipes (matryoshka_st.recipes.RECIPES, whose "reference" is the variant
+# "matryoshka" here) and the study-only variants, each a package recipe with some fields overridden. What a recipe
+# trains with: its MatryoshkaLoss arguments and, for init "pca", a PCA-rotated start fitted on the model's
+# embeddings of the training sample's texts (as `matryoshka-st train --recipe pca`); its pca_after is scored by
+# --posthoc-pca.
+STUDY_ONLY: dict[str, tuple[str, dict[str, Any]]] = {
+    "kl": ("reference", dict(distill_weight=1.0, distill_temperature=1.0)),
+    "kl-t2": ("reference", dict(distill_weight=1.0, distill_temperature=2.0)),
+    "kl-light": ("reference", dict(distill_weight=0.3)),
+    "share": ("reference", dict(full_dim_share=0.4)),
+    "pca-kl": ("pca", dict(distill_weight=1.0, distill_temperature=1.0)),
+    "share-kl": ("reference", dict(full_dim_share=0.4, distill_weight=1.0, distill_temperature=1.0)),
+    "pca-share": ("pca-share-kl", dict(distill_weight=0.0)),
+    "pca-share-kl-t2": ("pca-share-kl", dict(distill_temperature=2.0)),
+    "pca-share6-kl": ("pca-share-kl", dict(full_dim_share=0.6)),
 }
+STUDY_ORDER = ("kl", "kl-t2", "kl-light", "share", "pca", "pca-kl", "share-kl", "pca-share", "pca-share-kl")
+STUDY_ORDER += ("pca-share-kl-t2", "pca-share6-kl")
+
+
+def _study_recipes() -> dict[str, Any]:
+    from matryoshka_st.recipes import RECIPES as PACKAGE_RECIPES
+
+    recipes = {name: recipe for name, recipe in PACKAGE_RECIPES.items() if name != "reference"}
+    recipes.update({name: PACKAGE_RECIPES[base].with_overrides(**o) for name, (base, o) in STUDY_ONLY.items()})
+    order = [name for name in STUDY_ORDER if name in recipes]
+    return {name: recipes[name] for name in order + sorted(set(recipes) - set(order))}
+
+
+RECIPES = _study_recipes()  # name -> matryoshka_st.recipes.Recipe
+
+
+def recipe_settings(variant: str) -> dict[str, Any]:
+    """What a recipe trains with, as the model cache key holds it: ``init`` (when "pca") and the loss arguments."""
+    recipe = RECIPES[variant]
+    return {**({"init": "pca"} if recipe.init == "pca" else {}), **recipe.loss_kwargs()}
+
+
 # "default": the recipe `matryoshka-st train` uses by default (matryoshka_st.recipes.DEFAULT_RECIPE), one of RECIPES
 VARIANTS = ("plain", "matryoshka", "reference", "matryoshka-small", *RECIPES, "default")
 # a variant name with this suffix is the same trained model with a PCA rotation fitted after training (no training
@@ -200,8 +223,7 @@ def make_loss(variant: str, model: Any) -> Any:
     if variant == "matryoshka-small":
         return MatryoshkaLoss(model, inner, list(TRAIN_DIMS), matryoshka_weights=small_dim_weights())
     if variant in RECIPES:
-        kwargs = {k: v for k, v in RECIPES[variant].items() if k != "init"}
-        return MatryoshkaLoss(model, inner, list(TRAIN_DIMS), **kwargs)
+        return MatryoshkaLoss(model, inner, list(TRAIN_DIMS), **RECIPES[variant].loss_kwargs())
     raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
 
 
@@ -285,7 +307,7 @@ def train_retrieval(
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(base, device=args.device)
-        if RECIPES.get(variant, {}).get("init") == "pca":
+        if variant in RECIPES and RECIPES[variant].init == "pca":
             from matryoshka_st.posthoc import add_pca_rotation
 
             add_pca_rotation(model, texts=sample_texts(retrieval, PCA_TEXTS, seed), batch_size=128)
@@ -687,8 +709,8 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "matryoshka-small":
                 settings["weights"] = small_dim_weights()
             if variant in RECIPES:
-                settings["recipe"] = RECIPES[variant]
-                if "init" in RECIPES[variant]:
+                settings["recipe"] = recipe_settings(variant)
+                if RECIPES[variant].init == "pca":
                     settings["pca_texts"] = PCA_TEXTS
             folder, facts[variant] = cached_model(
                 args.cache_dir, variant, settings, train_retrieval(variant, base, retrieval, args, seed)

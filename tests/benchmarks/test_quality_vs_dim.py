@@ -114,3 +114,32 @@ def test_targets_judge_differences_against_their_noise():
     assert not by_target["matryoshka keeps >= 98% of its 384-dim score at 64"]["met"]  # 64/256 of 0.3 + 0.05
     assert by_target["matryoshka no worse than reference at any dim (interval not wholly below 0)"]["met"]
     assert len(lines) == 2 + len(checks)
+
+
+# What each recipe variant trained with when the study ran, as its model cache key holds it: a recipe said again in
+# a new form must give the same key, or every cached model would be trained again.
+STUDY_SETTINGS = {
+    "kl": dict(distill_weight=1.0, distill_temperature=1.0),
+    "kl-t2": dict(distill_weight=1.0, distill_temperature=2.0),
+    "kl-light": dict(distill_weight=0.3, distill_temperature=1.0),
+    "share": dict(full_dim_share=0.4),
+    "pca": dict(init="pca"),
+    "pca-kl": dict(init="pca", distill_weight=1.0, distill_temperature=1.0),
+    "share-kl": dict(full_dim_share=0.4, distill_weight=1.0, distill_temperature=1.0),
+    "pca-share": dict(init="pca", full_dim_share=0.4),
+    "pca-share-kl": dict(init="pca", full_dim_share=0.4, distill_weight=1.0, distill_temperature=1.0),
+    "pca-share-kl-t2": dict(init="pca", full_dim_share=0.4, distill_weight=1.0, distill_temperature=2.0),
+    "pca-share6-kl": dict(init="pca", full_dim_share=0.6, distill_weight=1.0, distill_temperature=1.0),
+}
+
+
+def test_study_recipes_are_the_package_recipes_plus_overrides_with_unchanged_cache_keys():
+    from matryoshka_st.recipes import RECIPES, Recipe
+
+    assert list(qvd.RECIPES) == list(STUDY_SETTINGS)  # the study's order (training order of --variants)
+    for name, recipe in RECIPES.items():
+        if name != "reference":  # the study calls it "matryoshka"
+            assert qvd.RECIPES[name] is recipe
+    assert all(isinstance(recipe, Recipe) for recipe in qvd.RECIPES.values())
+    for name, settings in STUDY_SETTINGS.items():
+        assert json.dumps(qvd.recipe_settings(name), sort_keys=True) == json.dumps(settings, sort_keys=True), name
