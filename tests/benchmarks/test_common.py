@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from matryoshka_st.dims import truncate_numpy
+
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "_common.py"
 _spec = importlib.util.spec_from_file_location("benchmarks_common", _PATH)
 common = importlib.util.module_from_spec(_spec)
@@ -26,7 +28,7 @@ def test_pytrec_eval_matches_the_numpy_formula():
         qrels[f"q{i}"] = {f"d{j}": int(grade) for j, grade in zip(relevant, rng.integers(1, 3, size=5))}
     for dim in (32, 8):
         scores = common.ndcg_at_10_per_query(queries, docs, query_ids, doc_ids, qrels, dim)
-        top, _ = common._top10(queries, docs, dim)
+        top, _ = common._top10_of(truncate_numpy(queries, dim) @ truncate_numpy(docs, dim).T)
         expected = common._ndcg_numpy(top, query_ids, doc_ids, qrels)
         assert scores.shape == (15,)
         np.testing.assert_allclose(scores, expected, atol=1e-6)
