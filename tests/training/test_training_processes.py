@@ -103,7 +103,12 @@ def _final_files(folder: Path) -> dict[str, Path]:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, loss):
     """Killed at step 5 and resumed from checkpoint-4, the run saves what an uninterrupted run saves: every weight
     file under ``final/`` (the encoder, the default recipe's rotation in ``2_Dense/``, SoftmaxLoss's heads per dim)
-    and ``matryoshka_config.json``."""
+    and ``matryoshka_config.json``.
+
+    Breakage checks (each in a throwaway copy fails the SoftmaxLoss case): not loading the checkpoint's heads
+    (``loss.load_heads(resume)`` in ``training/run.py``); not seeding before the loss is built (the in-process
+    reference then starts from other heads than the killed subprocess).
+    """
     rows = pair_rows(64) if loss == "MultipleNegativesRankingLoss" else scored_rows(64, integer=True)
     write_jsonl(tmp_path / "train.jsonl", rows)
     values = {
