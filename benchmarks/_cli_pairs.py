@@ -10,32 +10,22 @@ so a batch mixes sources as a user's file would.
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import json
 import random
 from pathlib import Path
+
+from _common import pairs_by_source  # the script's own folder is on sys.path
 
 MIX = {"debian": 0.40, "wordnet-example": 0.25, "wordnet-lemma": 0.10, "bible-kjv-web": 0.15, "jargon": 0.10}
 
 
 def build(data: Path, n_pairs: int, seed: int) -> list[dict[str, str]]:
-    path = data / "train" / "pairs.jsonl.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"No training pairs at {path}: pass --data, the folder that holds train/ and dev/.")
-    by_source: dict[str, list[dict[str, str]]] = {}
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row["source"] in MIX:
-                by_source.setdefault(row["source"], []).append({"anchor": row["anchor"], "positive": row["positive"]})
-    rows: list[dict[str, str]] = []
-    for source, share in MIX.items():
-        pool = sorted(
-            by_source[source],
-            key=lambda r: hashlib.sha1(f"{seed}:{r['anchor']}:{r['positive']}".encode()).hexdigest(),
-        )
-        rows.extend(pool[: round(n_pairs * share)])
+    by_source = pairs_by_source(data, seed, MIX)
+    rows = [
+        {"anchor": row["anchor"], "positive": row["positive"]}
+        for source, share in MIX.items()
+        for row in by_source[source][: round(n_pairs * share)]
+    ]
     random.Random(seed).shuffle(rows)
     return rows
 

@@ -6,6 +6,8 @@ The scripts import it as ``from _common import ...``: Python puts a script's own
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,28 @@ def load_task(folder: Path) -> Task:
         [beir.document(d) for d in doc_ids],
         beir.qrels[beir.split],
     )
+
+
+def pairs_by_source(data: Path, seed: int, sources: Iterable[str]) -> dict[str, list[dict[str, str]]]:
+    """Every pair of ``train/pairs.jsonl.gz`` by source, each source ordered by a hash of (seed, anchor, positive).
+
+    Ranking by a hash of the pair (not by a shuffle of the file) makes any sample a prefix of that order, so a file
+    holding only the sampled pairs yields exactly the same sample. ``ValueError`` when one of ``sources`` is missing.
+    """
+    path = data / "train" / "pairs.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"No training pairs at {path}: pass --data, the folder that holds train/ and dev/.")
+    by_source: dict[str, list[dict[str, str]]] = {}
+    for _, row in iter_jsonl(path):
+        by_source.setdefault(row["source"], []).append(
+            {"anchor": row["anchor"], "positive": row["positive"], "source": row["source"]}
+        )
+    missing = sorted(set(sources) - set(by_source))
+    if missing:
+        raise ValueError(f"{path} has no pairs from the sources {missing}; it has {sorted(by_source)}.")
+    for rows in by_source.values():
+        rows.sort(key=lambda row: hashlib.sha1(f"{seed}:{row['anchor']}:{row['positive']}".encode()).hexdigest())
+    return by_source
 
 
 def pair_texts(data: Path) -> list[dict[str, str]]:

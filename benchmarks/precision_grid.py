@@ -3,6 +3,8 @@
 Each model encodes the two dev sets and the fit texts once, at full size (cached under ``benchmarks/.cache/emb``).
 Variants are applied to those vectors, exactly as the model module would apply them:
 
+- ``+pca``: a PCA rotation (:func:`matryoshka_st.posthoc.pca.fit_pca_rotation`, as ``matryoshka-st adapt`` and
+  the default recipe's rotation after training);
 - ``+itq`` / ``+hadamard``: :func:`matryoshka_st.posthoc.shell_rotation.fit_shell_rotation` inside the shells of
   the trained dims, fitted on the fit texts (the first ``--fit-texts`` anchors of the training file, as
   ``matryoshka-st train`` fits its PCA rotations).
@@ -15,7 +17,9 @@ Precisions, scored per query by pytrec_eval's nDCG@10 (as mteb):
   dot products); ``binary`` (Hamming); ``binary+rescore`` (Hamming shortlist of 40, rescored with the float query,
   :func:`matryoshka_st.quantization.rescore_binary`); ``binary-median`` (+``rescore``): the bits taken against each
   axis' median on the fit texts instead of 0 (every bit set for half the texts), a probe for "centring before the
-  sign" (the rescore then uses the centred float query).
+  sign" (the rescore then uses the centred float query); ``binary-weighted``: Hamming distance per shell, each
+  shell weighted by its mean ``|x|^2`` on the fit texts (a popcount per shell), a probe for "bits on low-variance
+  tail axes count as much as the leading ones".
 
 Differences are paired bootstraps over queries (2,000 resamples) of the per-query scores averaged over seeds.
 
@@ -43,14 +47,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _common import load_task, ndcg_at_10_from_scores  # noqa: E402  (the script's own folder is on sys.path)
 
 from matryoshka_st.dims import truncate_numpy  # noqa: E402
+from matryoshka_st.posthoc.pca import fit_pca_rotation  # noqa: E402
 from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation  # noqa: E402
-from matryoshka_st.quantization import Int8Calibration, binary_codes, int8_per_axis, rescore_binary  # noqa: E402
+from matryoshka_st.quantization import (  # noqa: E402
+    Int8Calibration,
+    binary_codes,
+    int8_per_axis,
+    rescore_binary,
+    shells,
+)
 from matryoshka_st.readers import iter_jsonl  # noqa: E402
 
 logger = logging.getLogger("precision_grid")
 TASKS = ("debian_descriptions", "wordnet_examples")
 DIMS = (384, 256, 128, 64, 32)
-PRECISIONS = ("float32", "int8", "int8-shell", "binary", "binary+rescore", "binary-median", "binary-median+rescore")
+PRECISIONS = (
+    "float32",
+    "int8",
+    "int8-shell",
+    "binary",
+    "binary+rescore",
+    "binary-median",
+    "binary-median+rescore",
+    "binary-weighted",
+)
 CACHE = Path(__file__).resolve().parent / ".cache" / "emb"
 
 
@@ -90,6 +110,15 @@ def scores_at(
 ) -> np.ndarray:
     """``(Q, D)`` scores at one dim and precision of full-size query and document embeddings."""
     q, d = truncate_numpy(queries, dim), truncate_numpy(docs, dim)
+    if precision.startswith("binary-weighted"):  # Hamming per shell, weighted by the shell's mean |x|^2
+        prefix_fit = np.abs(truncate_numpy(fit, dim))
+        weights = np.empty(dim, dtype=np.float32)
+        for start, end in shells(DIMS, dim):
+            weights[start:end] = prefix_fit[:, start:end].mean()
+        codes_d = binary_codes(d) * weights
+        if precision.endswith("+rescore"):
+            return rescore_binary(q, binary_codes(d))
+        return binary_codes(q) * weights @ codes_d.T
     if precision.startswith("binary-median"):  # sign bits against each axis' median on the fit texts: balanced
         median = np.median(truncate_numpy(fit, dim), axis=0)
         codes_q, codes_d = binary_codes(q - median), binary_codes(d - median)
@@ -126,7 +155,9 @@ def main() -> None:
     parser.add_argument("--fit-texts", type=int, default=5000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     parser.add_argument("--model", action="append", required=True, help="LABEL=PATH ({seed} is replaced); bundled")
-    parser.add_argument("--variants", nargs="*", default=[], help="LABEL+itq or LABEL+hadamard")
+    parser.add_argument(
+        "--variants", nargs="*", default=[], help="LABEL+STEP[+STEP...], steps pca, itq, hadamard (e.g. base+pca+itq)"
+    )
     parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/precision_grid"))
     args = parser.parse_args()
@@ -151,10 +182,13 @@ def main() -> None:
                 for task, t in tasks.items()
             }
             for name in [label] + [v for v in args.variants if v.split("+")[0] == label]:
-                rotation = None
-                if "+" in name:
-                    rotation = fit_shell_rotation(fit, dims, method=name.split("+", 1)[1], seed=seed)
-                rotate = (lambda x: x) if rotation is None else (lambda x, r=rotation: x @ r.T)
+                rotation = np.eye(fit.shape[1], dtype=np.float32)
+                for step in name.split("+")[1:]:  # each fitted on the fit texts as the steps before left them
+                    if step == "pca":
+                        rotation = fit_pca_rotation(fit @ rotation.T) @ rotation
+                    else:
+                        rotation = fit_shell_rotation(fit @ rotation.T, dims, method=step, seed=seed) @ rotation
+                rotate = lambda x, r=rotation: x @ r.T  # noqa: E731
                 calibration = Int8Calibration.fit(rotate(fit), dims)
                 for task, (query_ids, _, doc_ids, _, qrels) in tasks.items():
                     q, d = (rotate(x) for x in encoded[task])
@@ -201,7 +235,8 @@ def main() -> None:
                     summary["scores"].setdefault(name, {}).setdefault(task, {}).setdefault(precision, {})[dim] = score
                 lines.append(f"| {name} | {precision} | " + " | ".join(cells) + " |")
     lines += ["", "## Paired differences (points of nDCG@10, 95% bootstrap interval over queries)", ""]
-    pairs = [(v, v.split("+")[0]) for v in args.variants] + [
+    parent = {v: v.rsplit("+", 1)[0] if v.rsplit("+", 1)[0] in names else v.split("+")[0] for v in args.variants}
+    pairs = [(v, parent[v]) for v in args.variants] + [
         (a, b) for a, b in (("default", "reference"), ("default+itq", "reference")) if a in names and b in names
     ]
     for a, b in pairs:

@@ -40,7 +40,6 @@ from a clean clone (about 75 minutes on a 2-core CPU)::
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import logging
@@ -57,7 +56,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _common import load_task, ndcg_at_10_per_query  # noqa: E402  (the script's own folder is on sys.path)
+from _common import load_task, ndcg_at_10_per_query, pairs_by_source  # noqa: E402  (the script's own folder is on sys.path)
 
 logger = logging.getLogger("quality_vs_dim")
 
@@ -130,32 +129,9 @@ def small_dim_weights(dims: tuple[int, ...] = TRAIN_DIMS) -> list[float]:
 # ---------------------------------------------------------------------------------------------------------------- data
 
 
-def _rank(seed: int, row: dict[str, str]) -> str:
-    return hashlib.sha1(f"{seed}:{row['anchor']}:{row['positive']}".encode()).hexdigest()
-
-
 def read_pairs(data: Path, seed: int) -> dict[str, list[dict[str, str]]]:
-    """Every pair of ``train/pairs.jsonl.gz`` by source, each source ordered by its hash rank.
-
-    Ranking by a hash of the pair (not by a shuffle of the file) makes any sample a prefix of that order, so a file
-    holding only the sampled pairs yields exactly the same sample.
-    """
-    path = data / "train" / "pairs.jsonl.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"No training pairs at {path}: pass --data, the folder that holds train/ and dev/.")
-    by_source: dict[str, list[dict[str, str]]] = {}
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            by_source.setdefault(row["source"], []).append(
-                {"anchor": row["anchor"], "positive": row["positive"], "source": row["source"]}
-            )
-    missing = sorted(set(MIX) - set(by_source))
-    if missing:
-        raise ValueError(f"{path} has no pairs from the sources {missing}; it has {sorted(by_source)}.")
-    for rows in by_source.values():
-        rows.sort(key=lambda row: _rank(seed, row))
-    return by_source
+    """Every pair of ``train/pairs.jsonl.gz`` by source, each source ordered by its hash rank (``_common``)."""
+    return pairs_by_source(data, seed, MIX)
 
 
 def split_sample(
