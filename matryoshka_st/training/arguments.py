@@ -174,6 +174,22 @@ class MatryoshkaArguments:
             "for binary codes. Default: the recipe's."
         },
     )
+    quant_weight: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={
+            "help": "Quantization-aware training: weight of the inner loss on straight-through fake-quantized "
+            "prefixes (0 turns it off; matryoshka_st.losses.quant). Default: the recipe's."
+        },
+    )
+    quant_precision: Optional[Literal["binary", "int8"]] = field(  # noqa: UP045
+        default=None, metadata={"help": "With --quant_weight: the codes trained for, binary or int8."}
+    )
+    quant_dims: Optional[list[int]] = field(  # noqa: UP045
+        default=None, metadata={"help": "With --quant_weight: the dims with a quantized term (default: every dim)."}
+    )
+    quant_warmup: Optional[int] = field(  # noqa: UP045
+        default=None, metadata={"help": "With --quant_weight: steps before the quantized terms start."}
+    )
     init_texts: int = field(
         default=5000,
         metadata={
@@ -213,6 +229,10 @@ class MatryoshkaArguments:
             full_dim_share=self.full_dim_share,
             pca_after=self.pca_after,
             shell_rotation=self.shell_rotation,
+            quant_weight=self.quant_weight,
+            quant_precision=self.quant_precision,
+            quant_dims=tuple(self.quant_dims) if self.quant_dims else None,
+            quant_warmup=self.quant_warmup,
         )
 
     def __post_init__(self) -> None:

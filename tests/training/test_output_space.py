@@ -52,3 +52,16 @@ def test_int8_scales_are_fitted_on_the_training_texts_and_saved(tiny_model_dir, 
     expected = Int8Calibration.fit(embeddings, DIMS)
     for dim in DIMS:
         assert calibration.scales[dim] == pytest.approx(expected.scales[dim], rel=1e-5)
+
+
+def test_quantization_aware_flags_reach_the_loss(tmp_path):
+    from matryoshka_st.training.arguments import ConfigError
+
+    values = {"train_data": "pairs.jsonl", "output_dir": str(tmp_path / "o")}
+    config = parse_config({**values, "quant_weight": 0.5, "quant_dims": [64, 32], "quant_warmup": 10})
+    kwargs = config.matryoshka.resolved_recipe().loss_kwargs()
+    assert kwargs["quant_weight"] == 0.5 and kwargs["quant_dims"] == (64, 32) and kwargs["quant_warmup"] == 10
+    assert kwargs["quant_precision"] == "binary"
+    assert "quant_weight" not in parse_config(values).matryoshka.resolved_recipe().loss_kwargs()
+    with pytest.raises(ConfigError):
+        parse_config({**values, "quant_weight": -1.0})
