@@ -19,7 +19,10 @@ Precisions, scored per query by pytrec_eval's nDCG@10 (as mteb):
   axis' median on the fit texts instead of 0 (every bit set for half the texts), a probe for "centring before the
   sign" (the rescore then uses the centred float query); ``binary-weighted``: Hamming distance per shell, each
   shell weighted by its mean ``|x|^2`` on the fit texts (a popcount per shell), a probe for "bits on low-variance
-  tail axes count as much as the leading ones".
+  tail axes count as much as the leading ones"; ``binary-rot`` (+``rescore``): the signs of the prefix after a random
+  rotation of the *whole* prefix (one per dim; float scores at that dim unchanged), the codes of a random-hyperplane
+  hash; ``binary-auto`` (+``rescore``): :class:`matryoshka_st.quantization.BinaryCalibration` fitted on the fit
+  texts, which picks per dim between the axes' own signs and the rotated ones (what ``train`` saves).
 
 Differences are paired bootstraps over queries (2,000 resamples) of the per-query scores averaged over seeds.
 
@@ -50,9 +53,11 @@ from matryoshka_st.dims import truncate_numpy  # noqa: E402
 from matryoshka_st.posthoc.pca import fit_pca_rotation  # noqa: E402
 from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation  # noqa: E402
 from matryoshka_st.quantization import (  # noqa: E402
+    BinaryCalibration,
     Int8Calibration,
     binary_codes,
     int8_per_axis,
+    prefix_rotation,
     rescore_binary,
     shells,
 )
@@ -70,6 +75,10 @@ PRECISIONS = (
     "binary-median",
     "binary-median+rescore",
     "binary-weighted",
+    "binary-rot",
+    "binary-rot+rescore",
+    "binary-auto",
+    "binary-auto+rescore",
 )
 CACHE = Path(__file__).resolve().parent / ".cache" / "emb"
 
@@ -100,9 +109,31 @@ def encode_cached(path: str, key: str, texts: list[str]) -> np.ndarray:
     return embeddings.astype(np.float32)
 
 
+def pair_rows(train_file: Path, n: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` (anchor, positive) pairs of the training file, as ``train`` takes them for the binary codes."""
+    rows = [row for _, row in iter_jsonl(train_file)][:n]
+    return [row["anchor"] for row in rows], [row["positive"] for row in rows]
+
+
 def fit_texts(train_file: Path, n: int) -> list[str]:
     texts = [row["anchor"] for _, row in iter_jsonl(train_file)]
     return list(dict.fromkeys(texts[:n]))
+
+
+_BINARY: dict[int, BinaryCalibration] = {}
+
+
+PAIRS: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the current model's (anchors, positives) embeddings
+
+
+def binary_calibration(fit: np.ndarray) -> BinaryCalibration:
+    """:class:`BinaryCalibration` fitted on ``fit`` and the training pairs, as ``train`` fits it (once per fit set)."""
+    key = id(fit)
+    if key not in _BINARY:
+        _BINARY.clear()
+        _BINARY[key] = BinaryCalibration.fit(fit, DIMS, pairs=PAIRS.get("current"))
+        logger.info("binary codes rotated at %s; recall %s", sorted(_BINARY[key].rotations), _BINARY[key].recall)
+    return _BINARY[key]
 
 
 def scores_at(
@@ -110,6 +141,18 @@ def scores_at(
 ) -> np.ndarray:
     """``(Q, D)`` scores at one dim and precision of full-size query and document embeddings."""
     q, d = truncate_numpy(queries, dim), truncate_numpy(docs, dim)
+    if precision.startswith("binary-auto"):  # what `train` saves: BinaryCalibration fitted on the fit texts
+        calibration_b = binary_calibration(fit)
+        codes_d = calibration_b.codes(d, dim)
+        if precision.endswith("+rescore"):
+            return rescore_binary(calibration_b.rotate(q, dim), codes_d)
+        return calibration_b.codes(q, dim) @ codes_d.T
+    if precision.startswith("binary-rot"):  # a random rotation of the whole dim-prefix before the signs
+        rotation = prefix_rotation(dim)
+        codes_d = binary_codes(d @ rotation.T)
+        if precision.endswith("+rescore"):
+            return rescore_binary(q @ rotation.T, codes_d)
+        return binary_codes(q @ rotation.T) @ codes_d.T
     if precision.startswith("binary-weighted"):  # Hamming per shell, weighted by the shell's mean |x|^2
         prefix_fit = np.abs(truncate_numpy(fit, dim))
         weights = np.empty(dim, dtype=np.float32)
@@ -174,6 +217,11 @@ def main() -> None:
         for label, template in models.items():
             path = bundled_model_path() if template == "bundled" else template.format(seed=seed)
             fit = encode_cached(path, f"{label}-s{seed}-fit", texts)
+            anchors, positives = pair_rows(args.train_file, 1000)
+            PAIRS["current"] = (
+                encode_cached(path, f"{label}-s{seed}-pair-a", anchors),
+                encode_cached(path, f"{label}-s{seed}-pair-p", positives),
+            )
             encoded = {
                 task: (
                     encode_cached(path, f"{label}-s{seed}-{task}-q", t[1]),
@@ -189,13 +237,14 @@ def main() -> None:
                     else:
                         rotation = fit_shell_rotation(fit @ rotation.T, dims, method=step, seed=seed) @ rotation
                 rotate = lambda x, r=rotation: x @ r.T  # noqa: E731
-                calibration = Int8Calibration.fit(rotate(fit), dims)
+                fitted = rotate(fit)
+                calibration = Int8Calibration.fit(fitted, dims)
                 for task, (query_ids, _, doc_ids, _, qrels) in tasks.items():
                     q, d = (rotate(x) for x in encoded[task])
                     for precision in PRECISIONS:
                         for dim in dims:
                             values = ndcg_at_10_from_scores(
-                                scores_at(precision, q, d, dim, calibration, rotate(fit)), query_ids, doc_ids, qrels
+                                scores_at(precision, q, d, dim, calibration, fitted), query_ids, doc_ids, qrels
                             )
                             per_query.setdefault(name, {}).setdefault(task, {}).setdefault(precision, {}).setdefault(
                                 dim, []

@@ -17,7 +17,9 @@ Layout (``format_version`` 1)::
       "head_mode": "separate",                         # only when the loss has classifier heads
       "recipe": {...},                                 # the training recipe (matryoshka_st.recipes.Recipe)
       "int8_calibration": {"method": "shell-absmax", "quantile": 0.999, "dims": [...],
-                           "scales": {"384": [s_0_32, s_32_64, ...], ...}}   # matryoshka_st.quantization
+                           "scales": {"384": [s_0_32, s_32_64, ...], ...}},  # matryoshka_st.quantization
+      "binary_calibration": {"method": "prefix-rotation", "rotated_dims": [384, 256],
+                             "file": "binary_rotations.safetensors", "recall_at_10": {...}}
     }
 """
 
@@ -47,13 +49,14 @@ class MatryoshkaConfig:
     head_mode: str | None = None
     recipe: dict[str, Any] | None = None
     int8_calibration: dict[str, Any] | None = None
+    binary_calibration: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
-        for optional in ("head_mode", "recipe", "int8_calibration"):
+        for optional in ("head_mode", "recipe", "int8_calibration", "binary_calibration"):
             if data[optional] is None:
                 data.pop(optional)
         return {**data, **extra}

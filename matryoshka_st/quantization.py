@@ -10,6 +10,9 @@ space) and drifts away from the float cosine. What this module adds:
   codes' inner product tracks the float one; the scales are a few floats per dim, saved in ``matryoshka_config.json``.
 - :func:`binary_codes`: ``quantize_embeddings(..., "binary")`` unpacked to +-1, whose dot product ranks as the
   Hamming distance of the packed bits does.
+- :class:`BinaryCalibration`: per dim, whether the sign bits are taken after a random rotation of the whole prefix
+  (float scores at that dim unchanged), decided on the training texts by how many float neighbours the Hamming
+  neighbours recover; the rotations are saved next to the model (``binary_rotations.safetensors``).
 - :func:`rescore_binary`: the asymmetric search of sentence-transformers' quantization docs: shortlist the documents
   by Hamming distance, then rescore the shortlist with the float query against the stored +-1 codes.
 
@@ -24,8 +27,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +43,7 @@ INT8_QUANTILE = 0.999
 # documents per query rescored with the float query: 4x the 10 that nDCG@10 reads, as sentence-transformers'
 # ``semantic_search_faiss(rescore_multiplier=4)`` does for top 10
 RESCORE_K = 40
+BINARY_ROTATIONS_NAME = "binary_rotations.safetensors"
 
 
 def shells(dims: Sequence[int], dim: int) -> list[tuple[int, int]]:
@@ -123,6 +129,130 @@ class Int8Calibration:
         )
 
 
+def prefix_rotation(dim: int, seed: int = 0) -> np.ndarray:
+    """A random orthogonal ``(dim, dim)`` matrix (QR of a Gaussian, signs fixed by ``R``'s diagonal); apply as
+    ``x @ rotation.T``. It mixes every axis of a prefix, so float scores at that dim are unchanged."""
+    q, r = np.linalg.qr(np.random.default_rng([seed, dim]).normal(size=(dim, dim)))
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+
+def _neighbour_recall(prefixes: np.ndarray, codes: np.ndarray, n_queries: int, k: int = 10) -> float:
+    """How many of each query's float top ``k`` among the other rows the codes' Hamming top ``k`` finds."""
+    queries, docs = prefixes[:n_queries], prefixes[n_queries:]
+    exact = np.argpartition(-(queries @ docs.T), k - 1, axis=1)[:, :k]
+    hamming = np.argpartition(-(codes[:n_queries] @ codes[n_queries:].T), k - 1, axis=1)[:, :k]
+    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(exact, hamming)]))
+
+
+def _pair_mrr(anchor_codes: np.ndarray, positive_codes: np.ndarray, k: int = 10) -> float:
+    """MRR@10 of each anchor's own positive (row ``i``) among all positives, by the codes' Hamming similarity."""
+    scores = anchor_codes @ positive_codes.T  # (P, P)
+    own = np.diag(scores)[:, None]
+    ranks = (scores > own).sum(axis=1) + 0.5 * ((scores == own).sum(axis=1) - 1) + 1  # ties: their mean rank
+    return float(np.where(ranks <= k, 1.0 / ranks, 0.0).mean())
+
+
+@dataclass
+class BinaryCalibration:
+    """Which dims take their sign bits after a random rotation of the whole prefix, and those rotations.
+
+    In a space ordered by variance (PCA, Matryoshka training) the signs of the many low-variance tail axes are noisy
+    yet count as much in Hamming distance as the leading ones; a random rotation of the prefix (a random-hyperplane
+    hash) spreads the variance over every bit. At small dims the leading axes' own signs can do better. :meth:`fit`
+    decides per dim on training data: the codes that rank each training anchor's own positive higher (or, without
+    pairs, whose Hamming top 10 recover more of the float top 10) win. The rotations change no float score; they
+    apply to the codes only.
+
+    Attributes:
+        rotations: ``{dim: (dim, dim) orthogonal matrix}`` for the dims whose codes are rotated.
+        recall: ``{dim: {"axes": r, "rotated": r}}``, the neighbour recall@10 each choice had on the fit texts.
+    """
+
+    rotations: dict[int, np.ndarray]
+    recall: dict[int, dict[str, float]]
+
+    @classmethod
+    def fit(
+        cls,
+        embeddings: np.ndarray,
+        dims: Sequence[int],
+        n_queries: int = 500,
+        seed: int = 0,
+        pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> BinaryCalibration:
+        """Decide per dim on full-size embeddings ``(N, D)`` of domain texts (the first ``n_queries`` rows query
+        the rest: which codes' Hamming top 10 recover more of the float top 10).
+
+        With ``pairs`` (full-size embeddings of training anchors and their positives, ``(P, D)`` each) the decision
+        is the retrieval the model was trained for instead: the codes whose Hamming ranking puts each anchor's own
+        positive higher (MRR@10 among all the positives) win. ``recall`` then holds those MRRs.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        n_queries = min(n_queries, len(embeddings) // 2)
+        if n_queries < 10:
+            raise ValueError(f"Need at least 20 embeddings to fit binary codes, got {len(embeddings)}.")
+        rotations, recall = {}, {}
+        for dim in sorted({int(d) for d in dims}, reverse=True):
+            rotation = prefix_rotation(dim, seed)
+            if pairs is not None:
+                anchors, positives = (truncate_numpy(np.asarray(x, dtype=np.float32), dim) for x in pairs)
+                axes = _pair_mrr(binary_codes(anchors), binary_codes(positives))
+                rotated = _pair_mrr(binary_codes(anchors @ rotation.T), binary_codes(positives @ rotation.T))
+            else:
+                prefixes = truncate_numpy(embeddings, dim)
+                axes = _neighbour_recall(prefixes, binary_codes(prefixes), n_queries)
+                rotated = _neighbour_recall(prefixes, binary_codes(prefixes @ rotation.T), n_queries)
+            recall[dim] = {"axes": round(axes, 4), "rotated": round(rotated, 4)}
+            if rotated > axes:
+                rotations[dim] = rotation
+        return cls(rotations=rotations, recall=recall)
+
+    def codes(self, prefixes: np.ndarray, dim: int) -> np.ndarray:
+        """+-1 codes ``(N, dim)`` of renormalised ``dim``-prefixes (rotated first where :meth:`fit` chose so)."""
+        return binary_codes(self.rotate(prefixes, dim))
+
+    def rotate(self, prefixes: np.ndarray, dim: int) -> np.ndarray:
+        """The prefixes in the space their codes are taken in (the float query rescores there)."""
+        rotation = self.rotations.get(dim)
+        return prefixes if rotation is None else np.asarray(prefixes, dtype=np.float32) @ rotation.T
+
+    def save(self, folder: str | os.PathLike) -> dict[str, Any]:
+        """Write the rotations to ``binary_rotations.safetensors`` in ``folder``; returns the JSON part for
+        ``matryoshka_config.json``."""
+        from safetensors.numpy import save_file
+
+        if self.rotations:
+            save_file(
+                {str(d): np.ascontiguousarray(r) for d, r in self.rotations.items()},
+                str(Path(folder) / BINARY_ROTATIONS_NAME),
+            )
+        return {
+            "method": "prefix-rotation",
+            "rotated_dims": sorted(self.rotations, reverse=True),
+            "file": BINARY_ROTATIONS_NAME if self.rotations else None,
+            "recall_at_10": {str(d): r for d, r in self.recall.items()},
+        }
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, data: dict[str, Any]) -> BinaryCalibration:
+        """Read what :meth:`save` wrote (``data`` is its JSON part)."""
+        if data.get("method") != "prefix-rotation":
+            raise ValueError(f"Unknown binary calibration method {data.get('method')!r}: expected 'prefix-rotation'.")
+        rotations = {}
+        if data.get("rotated_dims"):
+            from safetensors.numpy import load_file
+
+            path = Path(folder) / (data.get("file") or BINARY_ROTATIONS_NAME)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: matryoshka_config.json says dims {data['rotated_dims']} "
+                    "take rotated binary codes. Copy it from the training output."
+                )
+            rotations = {int(d): r for d, r in load_file(str(path)).items()}
+        recall = {int(d): r for d, r in (data.get("recall_at_10") or {}).items()}
+        return cls(rotations=rotations, recall=recall)
+
+
 def int8_per_axis(prefixes: np.ndarray, calibration_prefixes: np.ndarray) -> np.ndarray:
     """sentence-transformers' int8 codes (one ``[min, max]`` range per axis, from ``calibration_prefixes``) as
     float32 ``(N, dim)`` in ``[-128, 127]``: what a model without an :class:`Int8Calibration` is scored with."""
@@ -161,11 +291,14 @@ def rescore_binary(queries: np.ndarray, codes: np.ndarray, k: int = RESCORE_K) -
 
 
 __all__ = [
+    "BINARY_ROTATIONS_NAME",
+    "BinaryCalibration",
     "INT8_QUANTILE",
     "RESCORE_K",
     "Int8Calibration",
     "binary_codes",
     "int8_per_axis",
+    "prefix_rotation",
     "rescore_binary",
     "shells",
 ]

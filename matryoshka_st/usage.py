@@ -86,7 +86,7 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
         A dict with ``path``, ``matryoshka`` (whether ``matryoshka_config.json`` is present), ``dims`` (largest
         first), ``weights``, ``full_dim``, ``recommended_truncate_dim``, ``recommendation`` (the metric, threshold
         and scores it was chosen from, or ``None``), ``loss``, ``recipe``, ``int8_scales_dims`` (the dims with saved
-        int8 scales, or ``None``), ``default_truncate_dim`` (the ``truncate_dim`` the
+        int8 scales, or ``None``), ``binary_rotated_dims`` (the dims whose binary codes take a saved rotation), ``default_truncate_dim`` (the ``truncate_dim`` the
         model loads with, usually ``None``) and ``ends_with_normalize`` (truncated vectors then need renormalising).
 
     Raises:
@@ -125,6 +125,7 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
         "loss": None,
         "recipe": None,
         "int8_scales_dims": None,
+        "binary_rotated_dims": None,
         "default_truncate_dim": st_config.get("truncate_dim"),
         "ends_with_normalize": last_type.rsplit(".", 1)[-1] == "Normalize",
     }
@@ -140,6 +141,7 @@ def matryoshka_info(path: str | os.PathLike) -> dict[str, Any]:
             int8_scales_dims=sorted(map(int, config.int8_calibration["scales"]), reverse=True)
             if config.int8_calibration
             else None,
+            binary_rotated_dims=config.binary_calibration.get("rotated_dims") if config.binary_calibration else None,
         )
     return info
 

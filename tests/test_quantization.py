@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from matryoshka_st.dims import truncate_numpy
-from matryoshka_st.quantization import Int8Calibration, binary_codes, int8_per_axis, rescore_binary, shells
+from matryoshka_st.quantization import (
+    BinaryCalibration,
+    Int8Calibration,
+    _pair_mrr,
+    binary_codes,
+    int8_per_axis,
+    prefix_rotation,
+    rescore_binary,
+    shells,
+)
 
 DIMS = [64, 32, 16, 8]
 
@@ -88,3 +97,57 @@ def test_rescore_binary_shortlists_by_hamming_and_rescores_with_the_float_query(
         assert np.all(np.diff(expected) <= 1e-6)
         rest = np.setdiff1d(np.arange(len(codes)), shortlisted)
         assert scores[row, shortlisted].min() > scores[row, rest].max()
+
+
+def test_prefix_rotation_is_orthogonal_and_deterministic():
+    rotation = prefix_rotation(48, seed=3).astype(np.float64)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(48), atol=1e-5)
+    np.testing.assert_array_equal(prefix_rotation(48, seed=3), prefix_rotation(48, seed=3))
+    assert not np.allclose(prefix_rotation(48, seed=3), prefix_rotation(48, seed=4))
+
+
+def test_binary_calibration_rotates_where_the_axes_signs_lose_neighbours(tmp_path):
+    """A space whose variance falls off steeply over 64 axes: the tail's noisy signs spoil the Hamming neighbours at
+    64 dims, which a rotation of the prefix repairs; at 8 dims (all leading axes) the axes' own signs stay."""
+    x = ordered_by_variance(n=1500, dim=64)
+    calibration = BinaryCalibration.fit(x, [64, 8], n_queries=300)
+    assert set(calibration.recall) == {64, 8}
+    assert 64 in calibration.rotations and calibration.recall[64]["rotated"] > calibration.recall[64]["axes"]
+    for dim in (64, 8):  # the choice follows the measured recall
+        assert (dim in calibration.rotations) == (calibration.recall[dim]["rotated"] > calibration.recall[dim]["axes"])
+    prefixes = truncate_numpy(x, 64)
+    np.testing.assert_array_equal(
+        calibration.codes(prefixes, 64), binary_codes(prefixes @ calibration.rotations[64].T)
+    )
+    rotated = calibration.rotate(prefixes, 64)
+    np.testing.assert_allclose(rotated @ rotated.T, prefixes @ prefixes.T, atol=1e-5)  # floats unchanged
+    saved = calibration.save(tmp_path)
+    assert (tmp_path / "binary_rotations.safetensors").is_file() and saved["rotated_dims"] == sorted(
+        calibration.rotations, reverse=True
+    )
+    again = BinaryCalibration.load(tmp_path, saved)
+    np.testing.assert_array_equal(again.codes(prefixes, 64), calibration.codes(prefixes, 64))
+    (tmp_path / "binary_rotations.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="binary_rotations.safetensors is missing"):
+        BinaryCalibration.load(tmp_path, saved)
+
+
+def test_binary_calibration_on_pairs_picks_the_codes_that_rank_each_positive_higher():
+    x = ordered_by_variance(n=1200, dim=64)
+    rng = np.random.default_rng(1)
+    anchors, positives = x[:600], truncate_numpy(x[:600] + 0.05 * rng.normal(size=(600, 64)).astype(np.float32), 64)
+    calibration = BinaryCalibration.fit(x, [64, 8], pairs=(anchors, positives))
+    for dim in (64, 8):
+        a, p = truncate_numpy(anchors, dim), truncate_numpy(positives, dim)
+        rotation = prefix_rotation(dim)
+        expected = {"axes": _pair_mrr(binary_codes(a), binary_codes(p))}
+        expected["rotated"] = _pair_mrr(binary_codes(a @ rotation.T), binary_codes(p @ rotation.T))
+        assert calibration.recall[dim] == {key: round(value, 4) for key, value in expected.items()}
+        assert (dim in calibration.rotations) == (expected["rotated"] > expected["axes"])
+
+
+def test_pair_mrr_by_hand():
+    codes = np.array([[1, 1, 1, 1], [1, 1, -1, -1], [-1, -1, -1, 1]], dtype=np.float32)
+    positives = np.array([[1, 1, 1, -1], [1, 1, 1, 1], [-1, -1, -1, 1]], dtype=np.float32)
+    # anchor 0: own 2, others 4 and -2 -> rank 2; anchor 1: own 0, others 2, -2 -> rank 2; anchor 2: own 4 -> rank 1
+    assert _pair_mrr(codes, positives) == pytest.approx((0.5 + 0.5 + 1.0) / 3)

@@ -73,6 +73,9 @@ def format_info(info: dict) -> str:
             f"int8 scales:              one per shell, saved for dims {' '.join(map(str, info['int8_scales_dims']))} "
             "(matryoshka-st eval scores int8 with them)"
         )
+    if info.get("binary_rotated_dims") is not None:
+        rotated = " ".join(map(str, info["binary_rotated_dims"])) or "none"
+        lines.append(f"binary codes rotated at:  {rotated} (binary_rotations.safetensors; floats unchanged)")
     if info["matryoshka"] and info["dims"]:
         from matryoshka_st.evaluation.quality import STORED_PRECISIONS, bytes_per_vector
 

@@ -46,7 +46,14 @@ from torch.utils.data import DataLoader
 
 from matryoshka_st.dims import full_embedding_dim, truncate_numpy
 from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
-from matryoshka_st.quantization import RESCORE_K, Int8Calibration, binary_codes, int8_per_axis, rescore_binary
+from matryoshka_st.quantization import (
+    RESCORE_K,
+    BinaryCalibration,
+    Int8Calibration,
+    binary_codes,
+    int8_per_axis,
+    rescore_binary,
+)
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -73,6 +80,8 @@ class EmbeddingCache:
         revision: the model revision for mteb's results; defaults to :func:`model_revision`.
         int8_calibration: the model's own int8 scales (``matryoshka_config.json``); int8 at a dim they cover is
             scored with them, other dims with ranges fitted on the task's texts.
+        binary_calibration: the dims whose binary codes the model takes after a rotation of the prefix, and those
+            rotations (``binary_rotations.safetensors``); binary and binary+rescore apply them.
 
     Attributes:
         num_encoded: how many texts were passed to the model so far (each unique text once).
@@ -85,6 +94,7 @@ class EmbeddingCache:
         name: str,
         revision: str | None = None,
         int8_calibration: Int8Calibration | None = None,
+        binary_calibration: BinaryCalibration | None = None,
     ) -> None:
         if "/" not in name:
             raise ValueError(f"Model name {name!r} must look like 'organization/model', as mteb requires.")
@@ -104,6 +114,7 @@ class EmbeddingCache:
         self._task_rows: dict[str, set[int]] = {}
         self._calibration: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
         self.int8_calibration = int8_calibration
+        self.binary_calibration = binary_calibration
         self.num_encoded = 0
         self.num_calls = 0
 
@@ -181,6 +192,10 @@ class EmbeddingCache:
         """Whether int8 at ``dim`` is scored with the model's own scales rather than ranges fitted on the task."""
         return self.int8_calibration is not None and dim in self.int8_calibration.scales
 
+    def rotates_binary(self, dim: int) -> bool:
+        """Whether binary codes at ``dim`` are taken after the model's saved rotation of the prefix."""
+        return self.binary_calibration is not None and dim in self.binary_calibration.rotations
+
     def derive(
         self,
         embeddings: np.ndarray,
@@ -201,6 +216,8 @@ class EmbeddingCache:
                 calibration = self.int8_calibration
                 return calibration.dequantize(calibration.quantize(truncated, dim), dim)
             return int8_per_axis(truncated, self.calibration(task_name, dim))  # (N, dim) in [-128, 127]
+        if self.rotates_binary(dim) and precision.startswith("binary"):
+            truncated = self.binary_calibration.rotate(truncated, dim)  # float scores unchanged, bits balanced
         if precision == "binary" or (precision == "binary+rescore" and getattr(prompt_type, "value", None) != "query"):
             return binary_codes(truncated)  # (N, dim) in {-1, +1}
         if precision == "binary+rescore":
@@ -229,6 +246,8 @@ class TruncatedEncoder:
             experiment["rescore"] = RESCORE_K
         if precision == "int8" and cache.uses_saved_int8(dim):
             experiment["int8_calibration"] = "shells"
+        if precision.startswith("binary") and cache.rotates_binary(dim):
+            experiment["binary_rotation"] = "prefix"
         self._meta = cache.meta.model_copy(
             update={"embed_dim": dim, "experiment_kwargs": experiment, "output_dtypes": [OutputDType(stored)]}
         )

@@ -38,7 +38,7 @@ from matryoshka_st.evaluation.quality import PRECISIONS, check_precisions
 from matryoshka_st.evaluation.report import Report, render
 from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
 from matryoshka_st.metadata import read_matryoshka_config
-from matryoshka_st.quantization import Int8Calibration
+from matryoshka_st.quantization import BinaryCalibration, Int8Calibration
 from matryoshka_st.readers import check_model_folder
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def evaluate(
             32. The full dimension is always added (at float32), as the reference for "% of full".
         precisions: any of ``float32``, ``int8``, ``binary``, ``binary+rescore``. int8 uses the scales a model
             folder saved at training time where it has them (``matryoshka_config.json``), else ranges fitted on
-            each task's texts.
+            each task's texts; binary codes are taken after the model's saved prefix rotations where it has them.
         output_folder: mteb's result cache folder; results go to ``<output_folder>/results/...``.
         overwrite: recompute results that are already finished.
         batch_size: encoding batch size.
@@ -135,7 +135,8 @@ def evaluate(
     plans = []
     for name, spec in named.items():
         model = spec if isinstance(spec, SentenceTransformer) else _load_model(str(spec), device)
-        cache = EmbeddingCache(model, name=name, int8_calibration=_saved_int8_calibration(spec))
+        int8, binary = _saved_calibrations(spec)
+        cache = EmbeddingCache(model, name=name, int8_calibration=int8, binary_calibration=binary)
         model_dims = _dims_for(dims, cache.full_dim)
         combos = [(cache.full_dim, "float32")] + [
             (d, p) for p in precisions for d in model_dims if (d, p) != (cache.full_dim, "float32")
@@ -289,14 +290,16 @@ def _finished_result(path: Path, task: AbsTask) -> TaskResult | None:
     return result
 
 
-def _saved_int8_calibration(spec: ModelSpec) -> Int8Calibration | None:
-    """The int8 scales a model folder saved at training time (``matryoshka_config.json``), if any."""
+def _saved_calibrations(spec: ModelSpec) -> tuple[Int8Calibration | None, BinaryCalibration | None]:
+    """The int8 scales and binary rotations a model folder saved at training time (``matryoshka_config.json``)."""
     if isinstance(spec, SentenceTransformer) or not Path(str(spec)).is_dir():
-        return None
+        return None, None
     config = read_matryoshka_config(str(spec))
-    if config is None or not config.int8_calibration:
-        return None
-    return Int8Calibration.from_dict(config.int8_calibration)
+    if config is None:
+        return None, None
+    int8 = Int8Calibration.from_dict(config.int8_calibration) if config.int8_calibration else None
+    binary = BinaryCalibration.load(str(spec), config.binary_calibration) if config.binary_calibration else None
+    return int8, binary
 
 
 def _check_dims(dims: Sequence[int]) -> list[int]:

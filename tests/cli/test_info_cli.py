@@ -32,6 +32,8 @@ def test_info_prints_dims_weights_and_recommendation(trained_model_dir, capsys):
     )
     # the int8 scales fitted at the end of training, and what each (dim, precision) stores
     assert "int8 scales:              one per shell, saved for dims 64 32" in out
+    rotated = " ".join(map(str, metadata["binary_calibration"]["rotated_dims"])) or "none"
+    assert f"binary codes rotated at:  {rotated} (binary_rotations.safetensors" in out
     assert "bytes per vector:         64 dims: float32 256, int8 64, binary 8\n" in out
     assert "\n                          32 dims: float32 128, int8 32, binary 4\n" in out
     assert f"recommended truncate_dim: {recommended}" in out
@@ -43,6 +45,7 @@ def test_info_prints_dims_weights_and_recommendation(trained_model_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["dims"] == [64, 32] and info["recommended_truncate_dim"] == recommended
     assert info["int8_scales_dims"] == [64, 32]
+    assert info["binary_rotated_dims"] == metadata["binary_calibration"]["rotated_dims"]
 
 
 def test_info_of_a_model_without_metadata(tiny_model, tmp_path, capsys):

@@ -16,7 +16,7 @@ from matryoshka_st.evaluation import evaluate
 from matryoshka_st.evaluation.cache import EmbeddingCache
 from matryoshka_st.evaluation.report import load_scores, render
 from matryoshka_st.metadata import MatryoshkaConfig, write_matryoshka_config
-from matryoshka_st.quantization import Int8Calibration, rescore_binary
+from matryoshka_st.quantization import BinaryCalibration, Int8Calibration, prefix_rotation, rescore_binary
 
 from .conftest import DOCS, QUERIES
 
@@ -97,3 +97,26 @@ def test_evaluate_reads_the_saved_scales_and_reports_binary_rescore(tiny_model, 
     cells = [cell.strip() for cell in row32.strip("|").split("|")]
     assert [cell.rsplit("· ", 1)[1] for cell in cells[1:]] == ["128 B", "32 B", "4 B", "4 B"]
     assert markdown.index("every (dimension, precision)") < markdown.index("tiny: float32")
+
+
+def test_binary_codes_take_the_models_prefix_rotation(tiny_model):
+    calibration = BinaryCalibration(rotations={32: prefix_rotation(32)}, recall={})
+    cache = EmbeddingCache(tiny_model, name="local/tiny", binary_calibration=calibration)
+    queries, docs = _loaders()
+    full_q = cache.encode(queries, prompt_type=PromptType.query, **KWARGS)
+    full_d = cache.encode(docs, prompt_type=PromptType.document, **KWARGS)
+    rotated_d = truncate_numpy(full_d, 32) @ prefix_rotation(32).T
+    codes = cache.view(32, "binary").encode(docs, prompt_type=PromptType.document, **KWARGS)
+    np.testing.assert_array_equal(codes, np.where(rotated_d > 0, 1.0, -1.0))
+    assert cache.view(32, "binary").mteb_model_meta.experiment_kwargs["binary_rotation"] == "prefix"
+    # the rescoring query lives in the same rotated space: its float scores are those of the plain prefix
+    query = cache.view(32, "binary+rescore").encode(queries, prompt_type=PromptType.query, **KWARGS)
+    np.testing.assert_allclose(
+        query @ rotated_d.T, truncate_numpy(full_q, 32) @ truncate_numpy(full_d, 32).T, atol=1e-5
+    )
+    # a dim without a rotation keeps the axes' own signs
+    plain = cache.view(16, "binary")
+    np.testing.assert_array_equal(
+        plain.encode(docs, prompt_type=PromptType.document, **KWARGS), np.where(full_d[:, :16] > 0, 1.0, -1.0)
+    )
+    assert "binary_rotation" not in plain.mteb_model_meta.experiment_kwargs

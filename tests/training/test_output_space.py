@@ -9,7 +9,7 @@ from sentence_transformers import SentenceTransformer
 from matryoshka_st.dims import truncate_numpy
 from matryoshka_st.metadata import read_matryoshka_config
 from matryoshka_st.posthoc.pca import encode_full
-from matryoshka_st.quantization import Int8Calibration, binary_codes
+from matryoshka_st.quantization import BinaryCalibration, Int8Calibration, binary_codes
 from matryoshka_st.training import parse_config, run
 from tests.training._helpers import pair_rows
 
@@ -52,6 +52,16 @@ def test_int8_scales_are_fitted_on_the_training_texts_and_saved(tiny_model_dir, 
     expected = Int8Calibration.fit(embeddings, DIMS)
     for dim in DIMS:
         assert calibration.scales[dim] == pytest.approx(expected.scales[dim], rel=1e-5)
+    # the binary codes' choice per dim, made on the same embeddings, and its rotations saved next to the model
+    binary = read_matryoshka_config(result.model_path).binary_calibration
+    model = SentenceTransformer(result.model_path, device="cpu")
+    pairs = tuple(encode_full(model, [row[column] for row in rows]) for column in ("anchor", "positive"))
+    refit = BinaryCalibration.fit(embeddings, DIMS, seed=1, pairs=pairs)  # chosen on anchor -> positive retrieval
+    assert binary["recall_at_10"] == {str(d): r for d, r in refit.recall.items()}
+    assert binary["rotated_dims"] == sorted(refit.rotations, reverse=True)
+    loaded = BinaryCalibration.load(result.model_path, binary)
+    for dim, rotation in refit.rotations.items():
+        np.testing.assert_array_equal(loaded.rotations[dim], rotation)
 
 
 def test_quantization_aware_flags_reach_the_loss(tmp_path):
