@@ -304,6 +304,23 @@ def main() -> None:
                     low, high = bootstrap(diff, rng)
                     cells.append(f"{100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
                 lines.append(f"| {precision} | " + " | ".join(cells) + " |")
+    lines += ["", "## Same model, other codes (points of nDCG@10, 95% bootstrap interval over queries)", ""]
+    for name in names:
+        for task in TASKS:
+            lines += [
+                "",
+                f"### {name}, {task}",
+                "",
+                "| codes | " + " | ".join(str(d) for d in dims) + " |",
+                "| --- |" + " ---: |" * len(dims),
+            ]
+            for a, b in (("int8-shell", "int8"), ("binary-auto", "binary"), ("binary-auto+rescore", "binary+rescore")):
+                cells = []
+                for dim in dims:
+                    diff = mean_q[name][task][a][dim] - mean_q[name][task][b][dim]
+                    low, high = bootstrap(diff, rng)
+                    cells.append(f"{100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
+                lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
