@@ -63,6 +63,49 @@ def encode_truncated(
     return model.encode(texts, truncate_dim=int(dim), normalize_embeddings=True, **encode_kwargs)
 
 
+def encode_codes(
+    model: SentenceTransformer,
+    folder: str | os.PathLike,
+    texts: str | Sequence[str],
+    dim: int,
+    precision: str,
+    **encode_kwargs: Any,
+) -> np.ndarray:
+    """The codes a model trained by ``matryoshka-st train`` is meant to be served with at ``dim``.
+
+    ``int8``: symmetric codes ``(N, dim)`` with the per-shell scales saved in ``folder``'s
+    ``matryoshka_config.json`` (score by the dot product of ``calibration.dequantize(codes, dim)``, or of the codes
+    times the scales); ``binary``: packed sign bits ``(N, ceil(dim / 8))`` uint8, taken after the prefix rotation the
+    folder saved for ``dim`` where it saved one (score by Hamming distance, e.g. FAISS ``IndexBinaryFlat``).
+
+    Raises:
+        ValueError: on another precision, or when ``folder`` saved no int8 scales for ``dim``.
+
+    Example:
+        >>> model = SentenceTransformer("output/matryoshka-minilm/final")  # doctest: +SKIP
+        >>> encode_codes(model, "output/matryoshka-minilm/final", ["a cat"], dim=256, precision="binary").shape  # doctest: +SKIP
+        (1, 32)
+    """
+    from matryoshka_st.quantization import BinaryCalibration, Int8Calibration
+
+    if precision not in ("int8", "binary"):
+        raise ValueError(f"precision must be 'int8' or 'binary', got {precision!r}.")
+    config = read_matryoshka_config(folder)
+    prefixes = np.atleast_2d(encode_truncated(model, texts, dim, convert_to_numpy=True, **encode_kwargs))
+    if precision == "int8":
+        saved = config.int8_calibration if config is not None else None
+        calibration = Int8Calibration.from_dict(saved) if saved else None
+        if calibration is None or dim not in calibration.scales:
+            raise ValueError(
+                f"{folder} has no int8 scales for dim {dim} (matryoshka_config.json, int8_calibration): use a "
+                "trained dim, or sentence_transformers.quantization.quantize_embeddings with your own calibration."
+            )
+        return calibration.quantize(prefixes, dim)
+    if config is not None and config.binary_calibration:
+        prefixes = BinaryCalibration.load(folder, config.binary_calibration).rotate(prefixes, dim)
+    return np.packbits(prefixes > 0, axis=-1)
+
+
 def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder saved by sentence-transformers (it holds ``modules.json``)."""
     return os.path.isfile(os.path.join(path, "modules.json"))

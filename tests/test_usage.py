@@ -95,3 +95,35 @@ def test_matryoshka_info_bad_input(tmp_path):
         matryoshka_info(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="could not be fetched from the Hugging Face Hub"):
         matryoshka_info("nobody-xyz/not-a-cached-model")  # HF_HUB_OFFLINE=1 in tests
+
+
+def test_encode_codes_serves_the_saved_int8_scales_and_binary_rotations(trained_model_dir, model, tmp_path):
+    from matryoshka_st.metadata import read_matryoshka_config
+    from matryoshka_st.quantization import BinaryCalibration, Int8Calibration, prefix_rotation
+    from matryoshka_st.usage import encode_codes
+
+    config = read_matryoshka_config(trained_model_dir)
+    prefixes = encode_truncated(model, TEXTS, 32)
+    int8 = encode_codes(model, trained_model_dir, TEXTS, 32, "int8")
+    scales = Int8Calibration.from_dict(config.int8_calibration)
+    np.testing.assert_array_equal(int8, scales.quantize(prefixes, 32))
+    assert int8.dtype == np.int8
+    binary = encode_codes(model, trained_model_dir, TEXTS, 32, "binary")
+    expected = BinaryCalibration.load(trained_model_dir, config.binary_calibration).rotate(prefixes, 32)
+    np.testing.assert_array_equal(binary, np.packbits(expected > 0, axis=-1))
+    assert binary.shape == (3, 4) and binary.dtype == np.uint8
+    # a folder that rotates dim 32 takes the signs after its rotation
+    rotated = tmp_path / "rotated"
+    import shutil
+
+    shutil.copytree(trained_model_dir, rotated)
+    saved = BinaryCalibration({32: prefix_rotation(32, seed=5)}, {}).save(rotated)
+    data = json.loads((rotated / "matryoshka_config.json").read_text())
+    (rotated / "matryoshka_config.json").write_text(json.dumps({**data, "binary_calibration": saved}))
+    codes = encode_codes(model, rotated, TEXTS, 32, "binary")
+    np.testing.assert_array_equal(codes, np.packbits(prefixes @ prefix_rotation(32, seed=5).T > 0, axis=-1))
+    assert not np.array_equal(codes, np.packbits(prefixes > 0, axis=-1))
+    with pytest.raises(ValueError, match="no int8 scales for dim 24"):
+        encode_codes(model, trained_model_dir, TEXTS, 24, "int8")
+    with pytest.raises(ValueError, match="precision must be 'int8' or 'binary'"):
+        encode_codes(model, trained_model_dir, TEXTS, 32, "float16")
