@@ -138,21 +138,9 @@ def _query(args: argparse.Namespace) -> int:
         model, _ = _load_model(args.model or index.model_name_or_path)
         scores, rows = index.search(queries, k=args.k, model=model, batch_size=args.batch_size, show_progress_bar=True)
         doc_ids = index.doc_ids_of(rows)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for query_id, text, row_scores, row_doc_ids in zip(query_ids, queries, scores, doc_ids):
-            record = {
-                "query_id": query_id,
-                "query": text,
-                "ids": row_doc_ids,
-                "scores": [round(float(s), 6) for s in row_scores],
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    if args.output:
-        logger.info("Wrote results for %d queries to %s.", len(queries), args.output)
+    from matryoshka_st.cli.search import write_results
+
+    write_results(args.output, query_ids, queries, scores, doc_ids)
     return 0
 
 

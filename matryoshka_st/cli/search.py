@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import sys
+from typing import Any
 
 from matryoshka_st.cli import _search_pgvector
 from matryoshka_st.readers import check_model_folder, read_texts
@@ -240,23 +241,30 @@ def _query(args: argparse.Namespace) -> int:
         query_ids, queries = read_texts(args.queries, args.text_field)
     model, _ = _load_model(args.model or index.model_name_or_path)
     scores, rows = index.search(queries, k=args.k, model=model, batch_size=args.batch_size, show_progress_bar=True)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    doc_ids = [[index.doc_ids[i] if index.doc_ids else int(i) for i in row_ids] for row_ids in rows]
+    write_results(args.output, query_ids, queries, scores, doc_ids)
+    return 0
+
+
+def write_results(
+    output: str | None, query_ids: list[str], queries: list[str], scores: Any, doc_ids: list[list[Any]]
+) -> None:
+    """One JSON line per query (``query_id``, ``query``, ``ids``, ``scores``) to ``output``, else stdout."""
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
-        for query_id, text, row_scores, row_ids in zip(query_ids, queries, scores, rows):
-            doc_ids = [index.doc_ids[i] if index.doc_ids else int(i) for i in row_ids]
+        for query_id, text, row_scores, row_doc_ids in zip(query_ids, queries, scores, doc_ids):
             record = {
                 "query_id": query_id,
                 "query": text,
-                "ids": doc_ids,
+                "ids": list(row_doc_ids),
                 "scores": [round(float(s), 6) for s in row_scores],
             }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
-    if args.output:
-        logger.info("Wrote results for %d queries to %s.", len(queries), args.output)
-    return 0
+    if output:
+        logger.info("Wrote results for %d queries to %s.", len(queries), output)
 
 
 def _tune(args: argparse.Namespace) -> int:
