@@ -202,6 +202,7 @@ def main() -> None:
         "--variants", nargs="*", default=[], help="LABEL+STEP[+STEP...], steps pca, itq, hadamard (e.g. base+pca+itq)"
     )
     parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
+    parser.add_argument("--compare", nargs="*", default=[], help="more paired differences, A:B (model or variant)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/precision_grid"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -285,9 +286,11 @@ def main() -> None:
                 lines.append(f"| {name} | {precision} | " + " | ".join(cells) + " |")
     lines += ["", "## Paired differences (points of nDCG@10, 95% bootstrap interval over queries)", ""]
     parent = {v: v.rsplit("+", 1)[0] if v.rsplit("+", 1)[0] in names else v.split("+")[0] for v in args.variants}
-    pairs = [(v, parent[v]) for v in args.variants] + [
-        (a, b) for a, b in (("default", "reference"), ("default+itq", "reference")) if a in names and b in names
-    ]
+    pairs = (
+        [(v, parent[v]) for v in args.variants]
+        + [(a, b) for a, b in (("default", "reference"), ("default+itq", "reference")) if a in names and b in names]
+        + [tuple(pair.split(":", 1)) for pair in args.compare]
+    )
     for a, b in pairs:
         for task in TASKS:
             lines += [
