@@ -291,39 +291,32 @@ def main() -> None:
         + [(a, b) for a, b in (("default", "reference"), ("default+itq", "reference")) if a in names and b in names]
         + [tuple(pair.split(":", 1)) for pair in args.compare]
     )
+
+    def difference_table(title: str, rows: list[tuple[str, dict[int, np.ndarray], dict[int, np.ndarray]]]) -> None:
+        """A table of paired differences ``x - y`` per dim with their bootstrap intervals, one row per (label, x, y)."""
+        lines.extend(
+            ["", title, "", "| | " + " | ".join(str(d) for d in dims) + " |", "| --- |" + " ---: |" * len(dims)]
+        )
+        for label, x, y in rows:
+            cells = []
+            for dim in dims:
+                diff = x[dim] - y[dim]
+                low, high = bootstrap(diff, rng)
+                cells.append(f"{100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
     for a, b in pairs:
         for task in TASKS:
-            lines += [
-                "",
+            difference_table(
                 f"### {a} - {b}, {task}",
-                "",
-                "| precision | " + " | ".join(str(d) for d in dims) + " |",
-                "| --- |" + " ---: |" * len(dims),
-            ]
-            for precision in PRECISIONS:
-                cells = []
-                for dim in dims:
-                    diff = mean_q[a][task][precision][dim] - mean_q[b][task][precision][dim]
-                    low, high = bootstrap(diff, rng)
-                    cells.append(f"{100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
-                lines.append(f"| {precision} | " + " | ".join(cells) + " |")
+                [(p, mean_q[a][task][p], mean_q[b][task][p]) for p in PRECISIONS],
+            )
     lines += ["", "## Same model, other codes (points of nDCG@10, 95% bootstrap interval over queries)", ""]
+    codes = (("int8-shell", "int8"), ("binary-auto", "binary"), ("binary-auto+rescore", "binary+rescore"))
     for name in names:
         for task in TASKS:
-            lines += [
-                "",
-                f"### {name}, {task}",
-                "",
-                "| codes | " + " | ".join(str(d) for d in dims) + " |",
-                "| --- |" + " ---: |" * len(dims),
-            ]
-            for a, b in (("int8-shell", "int8"), ("binary-auto", "binary"), ("binary-auto+rescore", "binary+rescore")):
-                cells = []
-                for dim in dims:
-                    diff = mean_q[name][task][a][dim] - mean_q[name][task][b][dim]
-                    low, high = bootstrap(diff, rng)
-                    cells.append(f"{100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
-                lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+            by_p = mean_q[name][task]
+            difference_table(f"### {name}, {task}", [(f"{a} - {b}", by_p[a], by_p[b]) for a, b in codes])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
