@@ -147,16 +147,10 @@ def _query(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from matryoshka_st.cli.search import _load_model
+    from matryoshka_st.cli.search import _load_model, tune_queries
     from matryoshka_st.search.pgvector import PgvectorIndex
 
-    if str(args.queries).endswith(".npy"):
-        queries = np.load(args.queries)
-    else:
-        queries = read_texts(args.queries, args.text_field)[1]
-    if args.max_queries < len(queries):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(queries), args.max_queries, replace=False))
-        queries = queries[keep] if isinstance(queries, np.ndarray) else [queries[i] for i in keep]
+    queries = tune_queries(args)
     with PgvectorIndex.load(args.dsn, args.table) as index:
         model = None
         if not isinstance(queries, np.ndarray):

@@ -267,20 +267,28 @@ def write_results(
         logger.info("Wrote results for %d queries to %s.", len(queries), output)
 
 
+def tune_queries(args: argparse.Namespace) -> Any:
+    """``search tune``'s queries: a ``.npy`` of embeddings or the texts of a file, at most ``--max_queries`` of them
+    (a seeded sample, in file order)."""
+    import numpy as np
+
+    if str(args.queries).endswith(".npy"):
+        queries = np.load(args.queries)
+    else:
+        queries = read_texts(args.queries, args.text_field)[1]
+    if args.max_queries < len(queries):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(queries), args.max_queries, replace=False))
+        queries = queries[keep] if isinstance(queries, np.ndarray) else [queries[i] for i in keep]
+    return queries
+
+
 def _tune(args: argparse.Namespace) -> int:
     import numpy as np
 
     from matryoshka_st.search import FunnelIndex
 
     index = FunnelIndex.load(args.index)
-    if str(args.queries).endswith(".npy"):
-        queries, model = np.load(args.queries), None
-    else:
-        queries = read_texts(args.queries, args.text_field)[1]
-        model = None
-    if args.max_queries < len(queries):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(queries), args.max_queries, replace=False))
-        queries = queries[keep] if isinstance(queries, np.ndarray) else [queries[i] for i in keep]
+    queries, model = tune_queries(args), None
     if not isinstance(queries, np.ndarray):
         model, _ = _load_model(args.model or index.model_name_or_path)
     result = index.tune(
