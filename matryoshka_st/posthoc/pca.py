@@ -160,6 +160,19 @@ def _last_rotation(model: SentenceTransformer) -> Dense | None:
     return None
 
 
+def fold_rotation(model: SentenceTransformer, rotation: np.ndarray) -> SentenceTransformer:
+    """Compose the orthogonal ``rotation`` (apply as ``x @ rotation.T``) into the model's last rotation ``Dense``, or
+    add it as one before ``Normalize``; in place."""
+    existing = _last_rotation(model)
+    if existing is None:
+        insert_before_normalize(model, [rotation_module(rotation).to(model.device)])
+        return model
+    weight = existing.linear.weight
+    with torch.no_grad():
+        weight.copy_(torch.as_tensor(rotation, dtype=weight.dtype, device=weight.device) @ weight)
+    return model
+
+
 def add_pca_rotation(
     model: SentenceTransformer,
     texts: Sequence[str] | None = None,
@@ -200,11 +213,8 @@ def add_pca_rotation(
         embeddings = encode_full(model, texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
     embeddings = check_embeddings(embeddings, dim=dim)
     rotation = fit_pca_rotation(embeddings, center=center)
-    existing = _last_rotation(model) if fold else None
-    if existing is not None:
-        weight = existing.linear.weight
-        with torch.no_grad():
-            weight.copy_(torch.as_tensor(rotation, dtype=weight.dtype, device=weight.device) @ weight)
+    if fold and _last_rotation(model) is not None:
+        fold_rotation(model, rotation)
         logger.info(
             "Composed a %d x %d PCA rotation into the existing one (%d embeddings).", dim, dim, len(embeddings)
         )

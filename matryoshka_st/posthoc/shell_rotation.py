@@ -25,18 +25,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import torch
 from scipy.linalg import hadamard
 from sentence_transformers import SentenceTransformer
 
 from matryoshka_st.dims import full_embedding_dim
-from matryoshka_st.posthoc.pca import (
-    _last_rotation,
-    check_embeddings,
-    encode_full,
-    insert_before_normalize,
-    rotation_module,
-)
+from matryoshka_st.posthoc.pca import check_embeddings, encode_full, fold_rotation
 from matryoshka_st.quantization import shells
 
 logger = logging.getLogger(__name__)
@@ -124,17 +117,4 @@ def add_shell_rotation(
     return model
 
 
-def fold_rotation(model: SentenceTransformer, rotation: np.ndarray) -> SentenceTransformer:
-    """Compose the orthogonal ``rotation`` (apply as ``x @ rotation.T``) into the model's last rotation ``Dense``, or
-    add it as one before ``Normalize``; in place."""
-    existing = _last_rotation(model)
-    if existing is None:
-        insert_before_normalize(model, [rotation_module(rotation).to(model.device)])
-        return model
-    weight = existing.linear.weight
-    with torch.no_grad():
-        weight.copy_(torch.as_tensor(rotation, dtype=weight.dtype, device=weight.device) @ weight)
-    return model
-
-
-__all__ = ["SHELL_ROTATIONS", "add_shell_rotation", "fit_shell_rotation", "fold_rotation"]
+__all__ = ["SHELL_ROTATIONS", "add_shell_rotation", "fit_shell_rotation"]

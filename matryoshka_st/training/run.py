@@ -226,13 +226,20 @@ def _finish_output_space(
     seed: int,
     pairs: tuple[list[str], list[str]] | None = None,
 ) -> tuple[dict[str, Any], BinaryCalibration]:
-    """The recipe's rotation inside the shells (float scores at every trained dim unchanged), then the int8 scales
-    per shell and the binary codes' rotations per dim, all fitted on the model's embeddings of ``texts``; returns the
-    scales' JSON form and the binary calibration (saved with the model)."""
-    from matryoshka_st.posthoc.pca import encode_full
-    from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation, fold_rotation
+    """After training: the recipe's PCA rotation (composed into the PCA start's module) and its rotation inside the
+    shells (float scores at every trained dim unchanged), then the int8 scales per shell and the binary codes'
+    rotations per dim, all fitted on the model's embeddings of ``texts``, encoded once (each rotation is applied to
+    them as it is folded into the model); returns the scales' JSON form and the binary calibration (saved with the
+    model)."""
+    from matryoshka_st.posthoc.pca import encode_full, fit_pca_rotation, fold_rotation
+    from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation
 
     embeddings = encode_full(model, texts, batch_size=64)  # (N, D), unit rows
+    if recipe.pca_after:
+        logger.info("Fitting a PCA rotation on %d training texts (a PCA rotation after training).", len(texts))
+        rotation = fit_pca_rotation(embeddings)
+        fold_rotation(model, rotation)
+        embeddings = embeddings @ rotation.T
     if recipe.shell_rotation != "none":
         logger.info("Fitting a %s rotation inside the shells of %s.", recipe.shell_rotation, dims)
         rotation = fit_shell_rotation(embeddings, dims, method=recipe.shell_rotation, seed=seed)
@@ -417,8 +424,6 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     result.global_step = trainer.state.global_step
 
     if is_main:
-        if recipe.pca_after:
-            _rotate_by_pca(trainer.model, pca_texts, "a PCA rotation after training")
         int8_calibration, binary = _finish_output_space(
             trainer.model, pca_texts, dims, recipe, config.training.seed, _binary_pairs(train_dataset, spec)
         )
