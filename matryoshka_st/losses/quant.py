@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from matryoshka_st.quantization import INT8_QUANTILE, shells
+
 QUANT_PRECISIONS = ("binary", "int8")
-# share of |x| a shell's int8 scale covers, as matryoshka_st.quantization.INT8_QUANTILE (the rest is clipped)
-INT8_QUANTILE = 0.999
 
 
 def _straight_through(prefixes: Tensor, codes: Tensor) -> Tensor:
@@ -36,7 +36,8 @@ def fake_quantize(prefixes: Tensor, precision: str, dims: Sequence[int] = ()) ->
       coordinate), divided by ``sqrt(d)`` so the code has unit length.
     - ``"int8"``: ``round(127 x / s) * s / 127`` clipped to ``[-127, 127]`` codes, with one scale ``s`` per shell
       ``[d_{k-1}, d_k)`` of ``dims`` (the Matryoshka dims, as :class:`~matryoshka_st.quantization.Int8Calibration`):
-      the ``INT8_QUANTILE`` of ``|x|`` over the shell in these rows (detached).
+      the ``INT8_QUANTILE`` of ``|x|`` over the whole shell in these rows (detached). ``Int8Calibration`` takes
+      that quantile on the shell's widest axis instead, so the saved scales are at least as wide as these.
 
     Computed in float32 and returned in the input's dtype.
 
@@ -51,9 +52,8 @@ def fake_quantize(prefixes: Tensor, precision: str, dims: Sequence[int] = ()) ->
         if precision == "binary":
             codes = torch.where(x > 0, 1.0, -1.0) / math.sqrt(dim)
         elif precision == "int8":
-            bounds = sorted({d for d in dims if 0 < d < dim} | {dim})
             codes = torch.empty_like(x)
-            for start, end in zip([0, *bounds[:-1]], bounds):
+            for start, end in shells(dims, dim):
                 shell = x[:, start:end]
                 scale = torch.quantile(shell.abs().flatten(), INT8_QUANTILE).clamp_min(1e-12)
                 codes[:, start:end] = (shell * (127.0 / scale)).round().clamp(-127, 127) * (scale / 127.0)
