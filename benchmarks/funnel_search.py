@@ -162,7 +162,12 @@ def _check_st_recipe(binary, corpus, queries, k, st_rescore) -> None:
     logger.info("binary rescoring recipe: %.0f%% of queries identical to semantic_search_faiss", 100 * same)
 
 
-def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target, ef_construction: int) -> list[System]:
+def bench_funnels(
+    corpus, queries, tune_queries, exact, k, repeats, target, ef_construction: int, binary_calibration=None
+) -> list[System]:
+    """The funnels; with ``binary_calibration`` (the sign-bit rotations a trained model saved) the binary funnels
+    also run with their bits taken after those rotations, and the small-byte graphs (int8 64 and binary 384 at
+    M 16, under 1/8 of full-dim HNSW's bytes per vector) are added."""
     from matryoshka_st.search import FunnelIndex
     from matryoshka_st.search.first_stage import HNSW_STAGES
 
@@ -174,6 +179,24 @@ def bench_funnels(corpus, queries, tune_queries, exact, k, repeats, target, ef_c
         ("HNSW funnel: binary 384 (M 32) -> rerank 384", [(384, 100)], "binary_hnsw", {"hnsw_m": 32}),
         ("IVF funnel: float 64 -> rerank 384", [(64, 100)], "ivf", {}),
     ]
+    if binary_calibration is not None:
+        rotated = {"binary_calibration": binary_calibration}
+        specs += [
+            ("flat funnel: binary 384, saved rotation -> rerank 384", [(384, 100)], "binary", rotated),
+            (
+                "HNSW funnel: binary 384, saved rotation (M 32) -> rerank 384",
+                [(384, 100)],
+                "binary_hnsw",
+                {"hnsw_m": 32, **rotated},
+            ),
+            (
+                "HNSW funnel: binary 384, saved rotation (M 16) -> rerank 384",
+                [(384, 100)],
+                "binary_hnsw",
+                {"hnsw_m": 16, **rotated},
+            ),
+            ("HNSW funnel: int8 64 (M 16) -> rerank 384", [(64, 100)], "int8_hnsw", {"hnsw_m": 16}),
+        ]
     systems = []
     for name, stages, kind, options in specs:
         start = time.perf_counter()
@@ -417,8 +440,18 @@ def main(argv: list[str] | None = None) -> int:
             len(eval_queries),
         )
         systems = bench_peers(corpus, eval_queries, exact, args.k, args.repeats, args.ef_construction)
+        from matryoshka_st.usage import load_binary_calibration
+
         systems += bench_funnels(
-            corpus, eval_queries, tune_queries, exact, args.k, args.repeats, args.target_recall, args.ef_construction
+            corpus,
+            eval_queries,
+            tune_queries,
+            exact,
+            args.k,
+            args.repeats,
+            args.target_recall,
+            args.ef_construction,
+            binary_calibration=load_binary_calibration(path),
         )
         results[model_name] = systems
         raw[model_name] = [vars(s) for s in systems]

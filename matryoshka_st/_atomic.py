@@ -30,9 +30,9 @@ def write_folder_atomically(
         path: the folder to write; its parent is created if needed. An existing folder there is replaced whole.
         write: fills the folder it is given; when it raises, the temporary folder is removed and ``path`` is
             untouched.
-        own_files: the names ``write`` produces. Where ``path`` already holds other files too, only these are
-            replaced, one rename each in this order (put the file that marks a complete folder last), and the others
-            are kept.
+        own_files: the names ``write`` may produce. Where ``path`` already holds other files too, only these are
+            replaced, one rename each in this order (put the file that marks a complete folder last; one that
+            ``write`` did not produce this time is removed), and the others are kept.
 
     Returns:
         ``path`` as an absolute path.
@@ -48,7 +48,10 @@ def write_folder_atomically(
         raise
     if own_files is not None and final.is_dir() and any(p.name not in own_files for p in final.iterdir()):
         for name in own_files:
-            os.replace(tmp / name, final / name)
+            if (tmp / name).exists():
+                os.replace(tmp / name, final / name)
+            else:  # this write made no such file: an old one would be stale
+                (final / name).unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     elif final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))

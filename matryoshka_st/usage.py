@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
@@ -23,6 +23,9 @@ from sentence_transformers import SentenceTransformer
 from matryoshka_st.dims import full_embedding_dim
 from matryoshka_st.metadata import read_matryoshka_config
 from matryoshka_st.readers import check_model_folder
+
+if TYPE_CHECKING:
+    from matryoshka_st.quantization import BinaryCalibration
 
 
 def encode_truncated(
@@ -86,7 +89,7 @@ def encode_codes(
         >>> encode_codes(model, "output/matryoshka-minilm/final", ["a cat"], dim=256, precision="binary").shape  # doctest: +SKIP
         (1, 32)
     """
-    from matryoshka_st.quantization import BinaryCalibration, Int8Calibration
+    from matryoshka_st.quantization import Int8Calibration
 
     if precision not in ("int8", "binary"):
         raise ValueError(f"precision must be 'int8' or 'binary', got {precision!r}.")
@@ -101,9 +104,29 @@ def encode_codes(
                 "trained dim, or sentence_transformers.quantization.quantize_embeddings with your own calibration."
             )
         return calibration.quantize(prefixes, dim)
-    if config is not None and config.binary_calibration:
-        prefixes = BinaryCalibration.load(folder, config.binary_calibration).rotate(prefixes, dim)
+    calibration = load_binary_calibration(folder)
+    if calibration is not None:
+        prefixes = calibration.rotate(prefixes, dim)
     return np.packbits(prefixes > 0, axis=-1)
+
+
+def load_binary_calibration(folder: str | os.PathLike) -> BinaryCalibration | None:
+    """The sign-bit rotations ``matryoshka-st train`` saved in ``folder`` (``matryoshka_config.json``'s
+    ``binary_calibration`` and ``binary_rotations.safetensors``), or ``None`` for a folder without them or a Hub id.
+
+    Example:
+        >>> from matryoshka_st._bundled import bundled_model_path
+        >>> load_binary_calibration(bundled_model_path()) is None  # a plain sentence-transformers model
+        True
+    """
+    from matryoshka_st.quantization import BinaryCalibration
+
+    if not os.path.isdir(folder):
+        return None
+    config = read_matryoshka_config(folder)
+    if config is None or not config.binary_calibration:
+        return None
+    return BinaryCalibration.load(folder, config.binary_calibration)
 
 
 def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
@@ -218,7 +241,9 @@ def _full_dim_from_modules(folder: Path, modules: list[dict[str, Any]]) -> int |
 
 
 __all__ = [
+    "encode_codes",
     "encode_truncated",
     "is_sentence_transformers_folder",
+    "load_binary_calibration",
     "matryoshka_info",
 ]

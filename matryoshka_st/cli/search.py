@@ -217,6 +217,11 @@ def _build(args: argparse.Namespace) -> int:
         model_name_or_path=name,
         **first_stage_flags,
     )
+    if index.binary_calibration is not None:
+        logger.info(
+            "Sign bits at dims %s are taken after the prefix rotations saved with the model.",
+            sorted(index.binary_calibration.rotations, reverse=True),
+        )
     index.save(args.output)
     memory = index.memory_report()
     logger.info(

@@ -22,6 +22,7 @@ import torch
 from matryoshka_st.dims import full_embedding_dim, truncate_numpy
 from matryoshka_st.search._inputs import as_float_matrix, encode, query_matrix
 from matryoshka_st.search.first_stage import (
+    BINARY_STAGES,
     FirstStageParams,
     apply_search_params,
     build_first_stage,
@@ -35,6 +36,7 @@ from matryoshka_st.search.stages import validate_stages
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from matryoshka_st.quantization import BinaryCalibration
     from matryoshka_st.search.tune import TuneResult
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,11 @@ class FunnelIndex:
             prefix, its int8 codes or its sign bits), ``"ivf"`` (inverted file on the float prefix).
         doc_ids: optional external ids, one per row, saved with the index (``search`` returns row numbers).
         model_name_or_path: optional record of the model that made the embeddings, saved with the index.
+        binary_calibration: for a ``binary`` / ``binary_hnsw`` first stage, the prefix rotations a model trained by
+            ``matryoshka-st train`` saved for its sign bits (:class:`~matryoshka_st.quantization.BinaryCalibration`,
+            read by :func:`~matryoshka_st.usage.load_binary_calibration`): corpus and query prefixes at a rotated dim
+            take their bits after that rotation. Float scores are unchanged; it is saved with the index.
+            :meth:`from_model` reads it from the model's folder by itself.
         hnsw_m, ef_construction, ef_search, nlist, nprobe: first-stage parameters, see
             :class:`~matryoshka_st.search.first_stage.FirstStageParams`; ``ef_search`` and ``nprobe`` can be changed
             later with :meth:`set_search_params`.
@@ -100,6 +107,7 @@ class FunnelIndex:
         doc_ids: Sequence[str] | None = None,
         model_name_or_path: str | None = None,
         *,
+        binary_calibration: BinaryCalibration | None = None,
         hnsw_m: int = FirstStageParams.hnsw_m,
         ef_construction: int = FirstStageParams.ef_construction,
         ef_search: int = FirstStageParams.ef_search,
@@ -128,6 +136,12 @@ class FunnelIndex:
         self.source_dim = embeddings.shape[1]
         self.doc_ids = list(doc_ids) if doc_ids is not None else None
         self.model_name_or_path = model_name_or_path
+        if binary_calibration is not None and first_stage not in BINARY_STAGES:
+            raise ValueError(
+                f"binary_calibration rotates sign bits; it needs a binary first stage {BINARY_STAGES}, not "
+                f"{first_stage!r}."
+            )
+        self.binary_calibration = binary_calibration
         self.tuning: dict | None = None  # what tune() measured, saved with the index
         self._first_stage_bytes: int | None = None
         if _first_stage_index is None:
@@ -136,7 +150,7 @@ class FunnelIndex:
                 truncate_numpy(embeddings, self.full_dim), np.float32
             )  # (N, full_dim)
             self._prefix_norms = self._compute_prefix_norms([dim for dim, _ in self.stages[1:]])
-            self._index = build_first_stage(truncate_numpy(self.embeddings, self.stages[0][0]), self.params)
+            self._index = self._build_first_stage(self.stages[0][0])
             _warn_if_capped(self.stages, len(self.embeddings))
         else:
             self.embeddings = embeddings
@@ -175,12 +189,15 @@ class FunnelIndex:
         batch_size: int = 32,
         show_progress_bar: bool = True,
         model_name_or_path: str | None = None,
+        binary_calibration: BinaryCalibration | None = None,
         **first_stage_params,
     ) -> FunnelIndex:
         """Encode ``texts`` with ``model`` (ignoring its ``truncate_dim``) and index them.
 
         Stages, first-stage parameters, ``full_dim`` and the corpus are checked before anything is encoded. The
-        model is remembered, so ``search`` accepts texts.
+        model is remembered, so ``search`` accepts texts. With a binary first stage and ``model_name_or_path`` a
+        folder saved by ``matryoshka-st train``, the sign bits take the prefix rotations saved there unless
+        ``binary_calibration`` is given.
 
         Example:
             >>> from sentence_transformers import SentenceTransformer
@@ -209,6 +226,10 @@ class FunnelIndex:
             raise ValueError(f"doc_ids has {len(doc_ids)} ids for {len(texts)} texts: give one per text.")
         if first_stage == "ivf":
             check_nlist(first_stage_params.get("nlist"), len(texts))
+        if binary_calibration is None and first_stage in BINARY_STAGES and model_name_or_path is not None:
+            from matryoshka_st.usage import load_binary_calibration
+
+            binary_calibration = load_binary_calibration(model_name_or_path)
         embeddings = encode(model, texts, batch_size, show_progress_bar)
         index = cls(
             embeddings,
@@ -217,6 +238,7 @@ class FunnelIndex:
             first_stage=first_stage,
             doc_ids=doc_ids,
             model_name_or_path=model_name_or_path,
+            binary_calibration=binary_calibration,
             **first_stage_params,
         )
         index._model = model
@@ -306,7 +328,17 @@ class FunnelIndex:
         """First-stage ids ``(Q, S)`` for ``(Q, full_dim)`` normalised queries."""
         dim, size = self.stages[0]
         size = min(shortlist or size, len(self))
-        return search_first_stage(self._index, self.params, truncate_numpy(queries, dim), size)
+        return search_first_stage(self._index, self.params, self._code_space(truncate_numpy(queries, dim), dim), size)
+
+    def _code_space(self, prefixes: np.ndarray, dim: int) -> np.ndarray:
+        """``dim``-prefixes in the space the first stage indexes: rotated where a binary calibration says so."""
+        if self.binary_calibration is None:
+            return prefixes
+        return np.ascontiguousarray(self.binary_calibration.rotate(prefixes, dim), dtype=np.float32)
+
+    def _build_first_stage(self, dim: int):
+        """A first-stage FAISS index over the corpus' ``dim``-prefixes (tune builds one per first dim it tries)."""
+        return build_first_stage(self._code_space(truncate_numpy(self.embeddings, dim), dim), self.params)
 
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The later stages on first-stage ids ``(Q, S)``: rescore at each rerank dim, then at ``full_dim``."""

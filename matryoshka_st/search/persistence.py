@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka_st._atomic import write_folder_atomically
+from matryoshka_st.quantization import BINARY_ROTATIONS_NAME, BinaryCalibration
 from matryoshka_st.search.first_stage import FirstStageParams, apply_search_params, read_index, write_index
 
 if TYPE_CHECKING:
@@ -43,16 +44,23 @@ def save_index(index: FunnelIndex, path: str | Path) -> None:
         "tuning": index.tuning,
         "doc_ids": index.doc_ids,
         "memory": asdict(index.memory_report()),
+        "binary_calibration": None,
     }
 
     def write(folder: Path) -> None:
+        if index.binary_calibration is not None:  # the rotations the sign bits were taken after
+            config["binary_calibration"] = index.binary_calibration.save(folder)
         np.save(folder / EMBEDDINGS_NAME, np.asarray(index.embeddings))
         np.save(folder / PREFIX_NORMS_NAME, index._prefix_norms)
         write_index(index._index, index.first_stage, str(folder / FIRST_STAGE_NAME))
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     # a folder holding other files too keeps them: the index files are replaced one by one, the config last
-    write_folder_atomically(path, write, own_files=[FIRST_STAGE_NAME, EMBEDDINGS_NAME, PREFIX_NORMS_NAME, CONFIG_NAME])
+    write_folder_atomically(
+        path,
+        write,
+        own_files=[FIRST_STAGE_NAME, EMBEDDINGS_NAME, PREFIX_NORMS_NAME, BINARY_ROTATIONS_NAME, CONFIG_NAME],
+    )
 
 
 def load_index(cls: type[FunnelIndex], path: str | Path, mmap: bool = False) -> FunnelIndex:
@@ -84,6 +92,12 @@ def load_index(cls: type[FunnelIndex], path: str | Path, mmap: bool = False) -> 
             arrays[name] = np.load(path / name, mmap_mode="r" if mmap and name == EMBEDDINGS_NAME else None)
         except (OSError, ValueError, EOFError) as error:
             raise ValueError(f"{path / name} cannot be read ({error}): {rebuild}.") from None
+    binary_calibration = None
+    if config.get("binary_calibration"):
+        try:
+            binary_calibration = BinaryCalibration.load(path, config["binary_calibration"])
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: the saved sign-bit rotations cannot be read ({error}): {rebuild}.") from None
     options = {name: value for name, value in params.to_dict().items() if name != "kind"}
     index = cls(
         arrays[EMBEDDINGS_NAME],
@@ -94,6 +108,7 @@ def load_index(cls: type[FunnelIndex], path: str | Path, mmap: bool = False) -> 
         model_name_or_path=config.get("model_name_or_path"),
         _first_stage_index=first,
         _prefix_norms=arrays[PREFIX_NORMS_NAME],
+        binary_calibration=binary_calibration,
         **options,
     )
     apply_search_params(first, params)

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from matryoshka_st.dims import truncate_numpy
-from matryoshka_st.search.first_stage import HNSW_STAGES, apply_search_params, build_first_stage, import_faiss
+from matryoshka_st.search.first_stage import HNSW_STAGES, apply_search_params, import_faiss
 from matryoshka_st.search.stages import validate_stages
 
 if TYPE_CHECKING:
@@ -393,7 +392,7 @@ class _FaissTarget:
     def use_first_dim(self, dim: int, shortlist: int) -> None:
         index = self.index
         if dim not in self.indexes:  # kept: candidates from every dim are timed afterwards
-            self.indexes[dim] = build_first_stage(truncate_numpy(index.embeddings, dim), index.params)
+            self.indexes[dim] = index._build_first_stage(dim)
         index._index, index.stages = self.indexes[dim], [(dim, shortlist)]
 
     def drop_first_dim(self, dim: int) -> None:
