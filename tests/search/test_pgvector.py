@@ -149,6 +149,19 @@ def test_tune_checks_its_arguments_before_searching(data, pg_dsn):
     index.close()
 
 
+def test_a_failed_tune_leaves_the_index_as_it_was(data, pg_dsn):
+    corpus, queries = data
+    index = _build(corpus[:800], pg_dsn, "docs_tune_fail", stages=[(16, 100), (32, 50)], ef_search=120)
+    with pytest.raises(ValueError, match="No schedule"):
+        index.tune(queries, target_recall=1.0, k=10, first_dims=[16, 24], shortlists=[10], ef_searches=[10])
+    assert index.stages == [(16, 100), (32, 50)] and index.params.ef_search == 120
+    assert index.first_stage_indexes() == [("hnsw", 16)]  # the 24-dim index tuning built is dropped
+    other = PgvectorIndex.load(pg_dsn, "docs_tune_fail")
+    assert other.stages == [(16, 100), (32, 50)] and other.params.ef_search == 120 and other.tuning is None
+    other.close()
+    index.close()
+
+
 @pytest.mark.slow  # a second server, stopped and recovered: about 10 s
 def test_server_stopped_mid_load_then_restarted_finishes_with_every_row_once(data, monkeypatch):
     corpus, _ = data
