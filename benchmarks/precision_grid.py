@@ -54,6 +54,7 @@ from matryoshka_st.dims import truncate_numpy  # noqa: E402
 from matryoshka_st.posthoc.pca import fit_pca_rotation  # noqa: E402
 from matryoshka_st.posthoc.shell_rotation import fit_shell_rotation  # noqa: E402
 from matryoshka_st.quantization import (  # noqa: E402
+    RESCORE_K,
     BinaryCalibration,
     Int8Calibration,
     binary_codes,
@@ -131,13 +132,15 @@ def binary_calibration(fit: np.ndarray) -> BinaryCalibration:
 def scores_at(
     precision: str, queries: np.ndarray, docs: np.ndarray, dim: int, calibration: Int8Calibration, fit: np.ndarray
 ) -> np.ndarray:
-    """``(Q, D)`` scores at one dim and precision of full-size query and document embeddings."""
+    """``(Q, D)`` scores at one dim and precision of full-size query and document embeddings
+    (``binary-auto+rescore@K``: the saved codes rescored on a Hamming shortlist of ``K`` instead of 40)."""
     q, d = truncate_numpy(queries, dim), truncate_numpy(docs, dim)
+    precision, _, shortlist = precision.partition("@")
     if precision.startswith("binary-auto"):  # what `train` saves: BinaryCalibration fitted on the fit texts
         calibration_b = binary_calibration(fit)
         codes_d = calibration_b.codes(d, dim)
         if precision.endswith("+rescore"):
-            return rescore_binary(calibration_b.rotate(q, dim), codes_d)
+            return rescore_binary(calibration_b.rotate(q, dim), codes_d, k=int(shortlist or RESCORE_K))
         return calibration_b.codes(q, dim) @ codes_d.T
     if precision.startswith("binary-rot"):  # a random rotation of the whole dim-prefix before the signs
         rotation = prefix_rotation(dim)
@@ -194,11 +197,19 @@ def main() -> None:
         "--variants", nargs="*", default=[], help="LABEL+STEP[+STEP...], steps pca, itq, hadamard (e.g. base+pca+itq)"
     )
     parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
+    parser.add_argument(
+        "--rescore-k",
+        type=int,
+        nargs="*",
+        default=[],
+        help="more shortlist lengths for the saved codes' rescoring: adds precisions binary-auto+rescore@K",
+    )
     parser.add_argument("--compare", nargs="*", default=[], help="more paired differences, A:B (model or variant)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/precision_grid"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
+    precisions = PRECISIONS + tuple(f"binary-auto+rescore@{k}" for k in args.rescore_k)
     models = dict(spec.split("=", 1) for spec in args.model)
     tasks = {name: load_task(args.data / "dev" / name) for name in TASKS}
     texts = fit_texts(args.train_file, args.fit_texts)
@@ -234,7 +245,7 @@ def main() -> None:
                 calibration = Int8Calibration.fit(fitted, dims)
                 for task, (query_ids, _, doc_ids, _, qrels) in tasks.items():
                     q, d = (rotate(x) for x in encoded[task])
-                    for precision in PRECISIONS:
+                    for precision in precisions:
                         for dim in dims:
                             values = ndcg_at_10_from_scores(
                                 scores_at(precision, q, d, dim, calibration, fitted), query_ids, doc_ids, qrels
@@ -268,7 +279,7 @@ def main() -> None:
             "| --- | --- |" + " ---: |" * len(dims),
         ]
         for name in names:
-            for precision in PRECISIONS:
+            for precision in precisions:
                 cells = []
                 for dim in dims:
                     score = float(mean_q[name][task][precision][dim].mean())
@@ -301,7 +312,7 @@ def main() -> None:
         for task in TASKS:
             difference_table(
                 f"### {a} - {b}, {task}",
-                [(p, mean_q[a][task][p], mean_q[b][task][p]) for p in PRECISIONS],
+                [(p, mean_q[a][task][p], mean_q[b][task][p]) for p in precisions],
             )
     lines += ["", "## Same model, other codes (points of nDCG@10, 95% bootstrap interval over queries)", ""]
     codes = (("int8-shell", "int8"), ("binary-auto", "binary"), ("binary-auto+rescore", "binary+rescore"))

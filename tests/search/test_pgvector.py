@@ -296,3 +296,23 @@ def test_redact_dsn():
     assert redact_dsn("host=db password = 'p w' user=app") == "host=db password = *** user=app"
     assert redact_dsn("postgresql://app@db/search") == "postgresql://app@db/search"
     assert redact_dsn(None) == ""
+
+
+@pytest.mark.slow  # a child process loads, is killed with SIGKILL half way, and the load is rerun: about 15 s
+def test_a_load_killed_half_way_resumes_with_every_row_once(pg_dsn, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "pg_load_resume.py"
+    output = tmp_path / "resume.md"
+    command = [sys.executable, str(script), "--dsn", pg_dsn, "--random", "40000", "--dim", "16"]
+    command += ["--chunk-rows", "200", "--sample", "2000", "--output", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(output.with_suffix(".json").read_text())
+    assert 0 < result["rows_at_kill"] < 40_000  # killed during the load, with some chunks committed
+    assert result["rows"] == result["distinct_ids"] == 40_000 and result["id_range"] == [0, 39_999]
+    assert result["sampled_vectors_equal"] == "2000 / 2000" and result["every_row_once"] is True
+    assert result["rows_at_kill"] % 200 == 0  # only whole chunks survive a kill
