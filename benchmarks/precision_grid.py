@@ -21,8 +21,11 @@ Precisions, scored per query by pytrec_eval's nDCG@10 (as mteb):
   shell weighted by its mean ``|x|^2`` on the fit texts (a popcount per shell), a probe for "bits on low-variance
   tail axes count as much as the leading ones"; ``binary-rot`` (+``rescore``): the signs of the prefix after a random
   rotation of the *whole* prefix (one per dim; float scores at that dim unchanged), the codes of a random-hyperplane
-  hash; ``binary-auto`` (+``rescore``): :class:`matryoshka_st.quantization.BinaryCalibration` fitted on the fit
-  texts, which picks per dim between the axes' own signs and the rotated ones (what ``train`` saves).
+  hash; ``binary-itq`` (+``rescore``): the same with an ITQ rotation of the whole prefix learned on the fit texts
+  (Gong & Lazebnik, 2011) instead of a random one; ``binary-auto`` (+``rescore``): :class:`matryoshka_st.quantization.BinaryCalibration` fitted on the fit
+  texts, which picks per dim between the axes' own signs and the rotated ones (what ``train`` saves);
+  ``binary-auto+int8-rescore``: its Hamming shortlist of 40 rescored with the float query against the documents'
+  ``int8-shell`` codes instead of their sign bits (a binary index in RAM, int8 codes read for the shortlist only).
 
 Differences are paired bootstraps over queries (2,000 resamples) of the per-query scores averaged over seeds.
 
@@ -79,8 +82,11 @@ PRECISIONS = (
     "binary-weighted",
     "binary-rot",
     "binary-rot+rescore",
+    "binary-itq",
+    "binary-itq+rescore",
     "binary-auto",
     "binary-auto+rescore",
+    "binary-auto+int8-rescore",
 )
 CACHE = Path(__file__).resolve().parent / ".cache" / "emb"
 
@@ -129,6 +135,18 @@ def binary_calibration(fit: np.ndarray) -> BinaryCalibration:
     return _BINARY[key]
 
 
+_ITQ: dict[tuple, np.ndarray] = {}
+
+
+def whole_prefix_itq(fit: np.ndarray, dim: int) -> np.ndarray:
+    """ITQ (one block: the whole ``dim``-prefix, so float scores at ``dim`` are unchanged) fitted on the renormalised
+    prefixes of the fit texts, once per fit set and dim."""
+    key = (hashlib.sha1(np.ascontiguousarray(fit[:64]).tobytes()).hexdigest(), fit.shape, dim)  # not id(): reused
+    if key not in _ITQ:
+        _ITQ[key] = fit_shell_rotation(truncate_numpy(fit, dim), [dim], method="itq", seed=0).astype(np.float32)
+    return _ITQ[key]
+
+
 def scores_at(
     precision: str, queries: np.ndarray, docs: np.ndarray, dim: int, calibration: Int8Calibration, fit: np.ndarray
 ) -> np.ndarray:
@@ -139,9 +157,22 @@ def scores_at(
     if precision.startswith("binary-auto"):  # what `train` saves: BinaryCalibration fitted on the fit texts
         calibration_b = binary_calibration(fit)
         codes_d = calibration_b.codes(d, dim)
+        if precision.endswith("+int8-rescore"):  # the Hamming shortlist of 40, rescored against int8-shell codes
+            hamming = calibration_b.codes(q, dim) @ codes_d.T / dim  # (Q, D) in [-1, 1]
+            top = np.argpartition(-hamming, RESCORE_K - 1, axis=1)[:, :RESCORE_K]
+            int8_d = calibration.dequantize(calibration.quantize(d, dim), dim)
+            scores = hamming - 3.0
+            np.put_along_axis(scores, top, np.einsum("qd,qkd->qk", q, int8_d[top]), axis=1)
+            return scores
         if precision.endswith("+rescore"):
             return rescore_binary(calibration_b.rotate(q, dim), codes_d, k=int(shortlist or RESCORE_K))
         return calibration_b.codes(q, dim) @ codes_d.T
+    if precision.startswith("binary-itq"):  # an ITQ rotation of the whole dim-prefix, learned on the fit texts
+        rotation = whole_prefix_itq(fit, dim)
+        codes_d = binary_codes(d @ rotation.T)
+        if precision.endswith("+rescore"):
+            return rescore_binary(q @ rotation.T, codes_d)
+        return binary_codes(q @ rotation.T) @ codes_d.T
     if precision.startswith("binary-rot"):  # a random rotation of the whole dim-prefix before the signs
         rotation = prefix_rotation(dim)
         codes_d = binary_codes(d @ rotation.T)
