@@ -7,7 +7,8 @@ The scripts import it as ``from _common import ...``: Python puts a script's own
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,11 @@ from matryoshka_st.dims import truncate_numpy
 from matryoshka_st.readers import iter_jsonl, read_beir
 
 Task = tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """How the benchmark ``script`` (its ``__file__``) was run, for the head of its results file."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(argv if argv is not None else sys.argv[1:])])
 
 
 def load_task(folder: Path) -> Task:

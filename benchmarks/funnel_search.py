@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _funnel_corpus import encode_all  # the script's own folder is on sys.path
+from _common import command_line  # the script's own folder is on sys.path
+from _funnel_corpus import encode_all
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.finetuned:
             parser.error("--finetuned-only needs --finetuned PATH.")
         models = models[1:]
-    command = " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [
         "# Funnel search vs full-dim HNSW, exact search and binary rescoring (real embeddings)",
         "",

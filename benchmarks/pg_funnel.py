@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import command_line  # the script's own folder is on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         index.close()
 
     base = best_at(results[0]["points"], args.target_recall)
-    command = " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [
         f"# pgvector: Matryoshka funnels vs full-dim HNSW in one server (recall@{args.k} >= {args.target_recall})",
         "",

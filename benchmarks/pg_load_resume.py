@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import command_line  # the script's own folder is on sys.path
 
 from matryoshka_st.dims import truncate_numpy
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "indexes": indexes,
         "every_row_once": ok,
     }
-    command = " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [
         "# A pgvector load killed half way, then rerun",
         "",
