@@ -268,7 +268,12 @@ def binary_codes(prefixes: np.ndarray) -> np.ndarray:
     return 2.0 * bits.astype(np.float32) - 1.0
 
 
-def rescore_binary(queries: np.ndarray, codes: np.ndarray, k: int = RESCORE_K) -> np.ndarray:
+def rescore_binary(
+    queries: np.ndarray,
+    codes: np.ndarray,
+    k: int = RESCORE_K,
+    rescore_with: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """Scores ``(Q, N)`` of float queries against +-1 document codes: the ``k`` documents nearest in Hamming
     distance to each query's own code, rescored by ``query . code``, rank above all others (which keep their
     Hamming order).
@@ -277,6 +282,16 @@ def rescore_binary(queries: np.ndarray, codes: np.ndarray, k: int = RESCORE_K) -
         queries: ``(Q, dim)`` float queries (unit rows) or, for symmetric tasks, +-1 codes (then this is Hamming).
         codes: ``(N, dim)`` +-1 document codes from :func:`binary_codes`.
         k: shortlist length per query.
+        rescore_with: ``(query_vectors, document_vectors)``, ``(Q, d)`` and ``(N, d)``: rescore the shortlist by
+            their cosine instead (e.g. the float query against the documents' int8 codes, dequantised); the
+            shortlist still comes from the codes.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> docs = truncate_numpy(rng.normal(size=(50, 16)).astype(np.float32), 16)
+        >>> scores = rescore_binary(docs[:2], binary_codes(docs), k=5)
+        >>> scores.argmax(axis=1).tolist()  # each document finds itself
+        [0, 1]
     """
     queries = np.asarray(queries, dtype=np.float32)
     codes = np.asarray(codes, dtype=np.float32)
@@ -285,7 +300,13 @@ def rescore_binary(queries: np.ndarray, codes: np.ndarray, k: int = RESCORE_K) -
     scores = hamming - 3.0  # below every rescored score
     k = min(k, codes.shape[0])
     shortlist = np.argpartition(-hamming, k - 1, axis=1)[:, :k]  # (Q, k)
-    rescored = np.einsum("qd,qkd->qk", queries, codes[shortlist]) / np.sqrt(dim)  # (Q, k) in [-1, 1]
+    if rescore_with is None:
+        rescored = np.einsum("qd,qkd->qk", queries, codes[shortlist]) / np.sqrt(dim)  # (Q, k) in [-1, 1]
+    else:
+        query_vectors, doc_vectors = (np.asarray(x, dtype=np.float32) for x in rescore_with)
+        query_vectors = query_vectors / np.maximum(np.linalg.norm(query_vectors, axis=1, keepdims=True), 1e-12)
+        doc_norms = np.maximum(np.linalg.norm(doc_vectors, axis=1), 1e-12)
+        rescored = np.einsum("qd,qkd->qk", query_vectors, doc_vectors[shortlist]) / doc_norms[shortlist]
     np.put_along_axis(scores, shortlist, rescored, axis=1)
     return scores
 

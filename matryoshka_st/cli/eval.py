@@ -47,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=["float32"],
         choices=list(PRECISIONS),
         help="(default: float32). int8 uses the model's saved per-shell scales where it has them; binary+rescore "
-        "shortlists 40 documents per query by Hamming distance and rescores them with the float query",
+        "shortlists 40 documents per query by Hamming distance and rescores them with the float query; "
+        "binary+int8-rescore rescores the same shortlist against the documents' int8 codes",
     )
     parser.add_argument("--output", required=True, type=Path, help="results folder (mteb's result cache layout)")
     parser.add_argument("--overwrite", action="store_true", help="recompute finished results")

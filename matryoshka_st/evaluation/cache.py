@@ -19,7 +19,9 @@ What mteb and sentence-transformers do not provide, and this module adds:
 - ``binary+rescore``: documents as codes, queries kept float, scored by
   :func:`~matryoshka_st.quantization.rescore_binary` (Hamming shortlist of 40 per query, rescored with the float
   query). mteb scores each corpus chunk (50,000 documents by default) on its own, so on a larger corpus the
-  shortlist is 40 per chunk.
+  shortlist is 40 per chunk;
+- ``binary+int8-rescore``: the same shortlist rescored against the documents' int8 codes (the model's per-shell
+  scales where it saved them) instead of their sign bits.
 
 Example:
     >>> cache = EmbeddingCache(model, name="local/minilm")
@@ -207,6 +209,9 @@ class EmbeddingCache:
         """Cut full-size embeddings to ``dim``, renormalise and quantise: ``(N, D) -> (N, dim)`` float32 values.
 
         For ``binary+rescore`` queries stay float (they rescore the shortlist) and everything else becomes codes.
+        ``binary+int8-rescore`` returns ``(N, 2 * dim)``: the codes (queries: their float prefix in the codes' space)
+        beside the int8 values (queries: the float prefix) that rescore the shortlist; :class:`TruncatedEncoder`
+        splits them.
         """
         truncated = truncate_numpy(embeddings, dim)  # (N, dim), unit rows
         if precision == "float32":
@@ -216,9 +221,14 @@ class EmbeddingCache:
                 calibration = self.int8_calibration
                 return calibration.dequantize(calibration.quantize(truncated, dim), dim)
             return int8_per_axis(truncated, self.calibration(task_name, dim))  # (N, dim) in [-128, 127]
+        is_query = getattr(prompt_type, "value", None) == "query"
+        if precision == "binary+int8-rescore":
+            codes = self.derive(embeddings, dim, "binary+rescore", task_name, prompt_type)
+            rescoring = truncated if is_query else self.derive(embeddings, dim, "int8", task_name, prompt_type)
+            return np.concatenate([codes, rescoring], axis=1).astype(np.float32)
         if self.rotates_binary(dim) and precision.startswith("binary"):
             truncated = self.binary_calibration.rotate(truncated, dim)  # float scores unchanged, bits balanced
-        if precision == "binary" or (precision == "binary+rescore" and getattr(prompt_type, "value", None) != "query"):
+        if precision == "binary" or (precision == "binary+rescore" and not is_query):
             return binary_codes(truncated)  # (N, dim) in {-1, +1}
         if precision == "binary+rescore":
             return truncated
@@ -238,13 +248,15 @@ class TruncatedEncoder:
         if not 1 <= dim <= cache.full_dim:
             raise ValueError(f"dim must be between 1 and the model's dimension {cache.full_dim}, got {dim}.")
         self.cache, self.dim, self.precision = cache, dim, precision
-        stored = precision.removesuffix("+rescore")
+        stored = precision.split("+")[0]
         experiment: dict[str, Any] = {"embed_dim": dim}
         if precision != "float32":
             experiment["output_dtypes"] = OutputDType(stored).value
-        if precision == "binary+rescore":
+        if precision in ("binary+rescore", "binary+int8-rescore"):
             experiment["rescore"] = RESCORE_K
-        if precision == "int8" and cache.uses_saved_int8(dim):
+        if precision == "binary+int8-rescore":
+            experiment["rescore_with"] = "int8"
+        if precision in ("int8", "binary+int8-rescore") and cache.uses_saved_int8(dim):
             experiment["int8_calibration"] = "shells"
         if precision.startswith("binary") and cache.rotates_binary(dim):
             experiment["binary_rotation"] = "prefix"
@@ -265,7 +277,13 @@ class TruncatedEncoder:
     def similarity(self, embeddings1: Array, embeddings2: Array) -> Array:
         if self.precision == "binary+rescore":  # float queries x document codes: Hamming shortlist, then rescore
             return torch.from_numpy(rescore_binary(np.asarray(embeddings1), np.asarray(embeddings2)))
+        if self.precision == "binary+int8-rescore":  # the same shortlist, rescored against the int8 codes
+            a, b, dim = np.asarray(embeddings1), np.asarray(embeddings2), self.dim
+            scores = rescore_binary(a[:, :dim], b[:, :dim], rescore_with=(a[:, dim:], b[:, dim:]))
+            return torch.from_numpy(scores)
         return cos_sim(embeddings1, embeddings2)
 
     def similarity_pairwise(self, embeddings1: Array, embeddings2: Array) -> Array:
+        if self.precision == "binary+int8-rescore":  # no shortlist to rescore: the codes, as binary+rescore
+            embeddings1, embeddings2 = embeddings1[:, : self.dim], embeddings2[:, : self.dim]
         return pairwise_cos_sim(embeddings1, embeddings2)

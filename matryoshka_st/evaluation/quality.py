@@ -19,8 +19,9 @@ from typing import Any
 
 MEAN = "mean"
 # binary+rescore: documents stored as binary codes, shortlisted by Hamming distance, rescored with the float query
-# (matryoshka_st.quantization.rescore_binary); it stores what binary stores
-PRECISIONS = ("float32", "int8", "binary", "binary+rescore")
+# (matryoshka_st.quantization.rescore_binary); it stores what binary stores. binary+int8-rescore: the same shortlist
+# rescored against the documents' int8 codes (a binary index in RAM, int8 codes read for the shortlist): it stores both
+PRECISIONS = ("float32", "int8", "binary", "binary+rescore", "binary+int8-rescore")
 STORED_PRECISIONS = ("float32", "int8", "binary")  # the distinct storage formats
 # main score -> (mteb task type, readable name), for the local task kinds (and mteb's reranking) that mteb cannot
 # look up by task name; in order of preference where several metrics share the main score's value
@@ -49,16 +50,22 @@ def check_precisions(precisions: list[str] | tuple[str, ...]) -> list[str]:
 
 def bytes_per_vector(dim: int, precision: str) -> int:
     """Storage of one vector: 4 bytes a coordinate for float32, 1 for int8, 1 bit (rounded up to bytes) for binary
-    and binary+rescore (which stores the binary codes and rescores them with the float query).
+    and binary+rescore (which stores the binary codes and rescores them with the float query); binary+int8-rescore
+    stores both the binary codes (searched, in RAM) and the int8 codes (read for the shortlist only).
 
     Example:
-        >>> [bytes_per_vector(384, p) for p in ("float32", "int8", "binary", "binary+rescore")]
-        [1536, 384, 48, 48]
+        >>> [bytes_per_vector(384, p) for p in ("float32", "int8", "binary", "binary+rescore", "binary+int8-rescore")]
+        [1536, 384, 48, 48, 432]
     """
     check_precisions([precision])
-    return {"float32": 4 * dim, "int8": dim, "binary": math.ceil(dim / 8), "binary+rescore": math.ceil(dim / 8)}[
-        precision
-    ]
+    bits = math.ceil(dim / 8)
+    return {
+        "float32": 4 * dim,
+        "int8": dim,
+        "binary": bits,
+        "binary+rescore": bits,
+        "binary+int8-rescore": bits + dim,
+    }[precision]
 
 
 def share_of_full(score: float | None, reference: float | None) -> float:

@@ -102,7 +102,8 @@ def _folder_scores(folder: Path, files: list[Path] | None) -> list[Score]:
     if isinstance(precision, list):
         precision = precision[0] if precision else "float32"
     if experiment.get("rescore"):  # binary codes shortlisted, rescored with the float query (TruncatedEncoder)
-        precision = f"{precision}+rescore"
+        with_codes = experiment.get("rescore_with")  # against the documents' int8 codes instead of their bits
+        precision = f"{precision}+{with_codes}-rescore" if with_codes else f"{precision}+rescore"
     if dim is None or precision not in PRECISIONS:
         logger.warning("Skipping %s: dimension %r / precision %r not understood.", folder, dim, precision)
         return []
@@ -386,8 +387,8 @@ def _plots(tables: list[QualityByDim], summary: dict[str, Any], output_dir: Path
     panel = MEAN if len(tasks) > 1 else tasks[0]
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.subplots()
-    markers = {"float32": "o", "int8": "s", "binary": "^", "binary+rescore": "v"}
-    styles = {"float32": "-", "int8": "--", "binary": ":", "binary+rescore": "-."}
+    markers = {"float32": "o", "int8": "s", "binary": "^", "binary+rescore": "v", "binary+int8-rescore": "D"}
+    styles = {"float32": "-", "int8": "--", "binary": ":", "binary+rescore": "-.", "binary+int8-rescore": (0, (5, 1))}
     for i, table in enumerate(tables):
         for precision, by_dim in table.scores.items():
             points = sorted((bytes_per_vector(d, precision), s[panel]) for d, s in by_dim.items() if panel in s)

@@ -102,7 +102,9 @@ def evaluate(
             files, ``KIND:PATH`` or mteb task names.
         dims: dimensions to evaluate; default: the model's full dimension and the powers of two below it down to
             32. The full dimension is always added (at float32), as the reference for "% of full".
-        precisions: any of ``float32``, ``int8``, ``binary``, ``binary+rescore``. int8 uses the scales a model
+        precisions: any of ``float32``, ``int8``, ``binary``, ``binary+rescore`` (the Hamming shortlist rescored
+            with the float query against the sign codes), ``binary+int8-rescore`` (against the int8 codes). int8 uses
+            the scales a model
             folder saved at training time where it has them (``matryoshka_config.json``), else ranges fitted on
             each task's texts; binary codes are taken after the model's saved prefix rotations where it has them.
         output_folder: mteb's result cache folder; results go to ``<output_folder>/results/...``.
