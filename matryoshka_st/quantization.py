@@ -21,7 +21,8 @@ Example:
     >>> x = truncate_numpy(rng.normal(size=(500, 64)).astype(np.float32), 64)
     >>> calibration = Int8Calibration.fit(x, dims=[64, 32])
     >>> codes = calibration.quantize(x, 64)  # (500, 64) int8
-    >>> bool(np.abs(calibration.dequantize(codes, 64) - x).max() < 0.02)
+    >>> error = np.abs(calibration.dequantize(codes, 64) - x)  # half a step, except the 0.1% clipped values
+    >>> bool(np.quantile(error, 0.999) < 0.002)
     True
 """
 
