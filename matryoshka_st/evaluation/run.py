@@ -40,6 +40,7 @@ from matryoshka_st.evaluation.tasks import ensure_task_data, load_tasks
 from matryoshka_st.metadata import read_matryoshka_config
 from matryoshka_st.quantization import BinaryCalibration, Int8Calibration
 from matryoshka_st.readers import check_model_folder
+from matryoshka_st.usage import load_binary_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -297,11 +298,8 @@ def _saved_calibrations(spec: ModelSpec) -> tuple[Int8Calibration | None, Binary
     if isinstance(spec, SentenceTransformer) or not Path(str(spec)).is_dir():
         return None, None
     config = read_matryoshka_config(str(spec))
-    if config is None:
-        return None, None
-    int8 = Int8Calibration.from_dict(config.int8_calibration) if config.int8_calibration else None
-    binary = BinaryCalibration.load(str(spec), config.binary_calibration) if config.binary_calibration else None
-    return int8, binary
+    int8 = Int8Calibration.from_dict(config.int8_calibration) if config and config.int8_calibration else None
+    return int8, load_binary_calibration(str(spec))
 
 
 def _check_dims(dims: Sequence[int]) -> list[int]:
