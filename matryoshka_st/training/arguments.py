@@ -83,6 +83,15 @@ class DataArguments:
             "rows (>= 1). 0 holds out nothing."
         },
     )
+    group_by: str | None = field(
+        default=None,
+        metadata={
+            "help": "A column naming each row's source, e.g. 'source': the training rows are split by its values "
+            "into one dataset per source, and every batch draws from one of them (sentence-transformers' "
+            "multi-dataset training; --multi_dataset_batch_sampler sets the mix, proportional by default), so "
+            "in-batch negatives come from the same source. Held-out rows (eval_size) stay one set."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation rows."})
     column_mapping: Union[dict, str, None] = field(  # noqa: UP007 - HfArgumentParser needs typing.Union here

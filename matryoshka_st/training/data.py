@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import ClassLabel, Dataset, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from matryoshka_st.readers import check_jsonl, check_utf8
 
@@ -377,18 +377,62 @@ def infer_loss_spec(dataset: Dataset, loss: str | None = None, loss_kwargs: dict
     return LossSpec(name, list(texts), label, kwargs)
 
 
-def prepare_dataset(dataset: Dataset, spec: LossSpec, name: str) -> Dataset:
-    """Keep the loss's columns in order; encode string class labels as integers."""
-    dropped = [c for c in dataset.column_names if c not in spec.columns]
+def prepare_dataset(dataset: Dataset, spec: LossSpec, name: str, keep: tuple[str, ...] = ()) -> Dataset:
+    """Keep the loss's columns in order (then ``keep``); encode string class labels as integers."""
+    dropped = [c for c in dataset.column_names if c not in spec.columns and c not in keep]
     if dropped:
         logger.info("Ignoring %s columns %s (not read by %s).", name, dropped, spec.name)
-    dataset = dataset.select_columns(spec.columns)
+    dataset = dataset.select_columns(spec.columns + list(keep))
     if spec.label_column and _label_kind(dataset, spec.label_column) == "str":
         dataset = dataset.class_encode_column(spec.label_column)
     requirement = LOSS_REQUIREMENTS.get(spec.name)
     if spec.label_column and requirement is not None and requirement.label == "float":
         dataset = dataset.cast_column(spec.label_column, Value("float32"))
     return dataset
+
+
+def check_group_column(dataset: Dataset, column: str, name: str) -> None:
+    """The ``group_by`` column exists and holds text or integers.
+
+    Raises:
+        DataError: a missing column or one of another type.
+    """
+    if column not in dataset.column_names:
+        raise DataError(
+            f"group_by {column!r} is not a column of the {name} data: it has {dataset.column_names}. "
+            "Give the column whose values name each row's source, e.g. 'source'."
+        )
+    if _label_kind(dataset, column) not in ("str", "int"):
+        raise DataError(
+            f"group_by {column!r} should hold source names (text or integers), but holds {dataset.features[column]}."
+        )
+
+
+def group_rows(dataset: Dataset, column: str, spec: LossSpec, batch_size: int) -> DatasetDict:
+    """One dataset per value of ``column`` (the column dropped), in order of first appearance, for
+    sentence-transformers' multi-dataset training: each batch then holds rows of one group only.
+
+    Raises:
+        DataError: an empty group value, or a group of one row for a loss that scores rows against their batch.
+    """
+    indices: dict[str, list[int]] = {}
+    for row, value in enumerate(dataset[column]):
+        if value is None or str(value) == "":
+            raise DataError(f"Row {row} has no value in the group_by column {column!r}: every row needs a group.")
+        indices.setdefault(str(value), []).append(row)
+    if spec.name in IN_BATCH_LOSSES:
+        single = sorted(key for key, rows in indices.items() if len(rows) < 2)
+        if single:
+            raise DataError(
+                f"group_by {column!r}: the groups {single[:5]} have one row each. {spec.name} scores each row "
+                "against the other rows of its batch, and a batch holds one group, so these rows learn nothing. "
+                "Merge small groups or drop group_by."
+            )
+    small = {key: len(rows) for key, rows in indices.items() if len(rows) < batch_size}
+    if small:
+        logger.warning("group_by %r: groups with fewer rows than a batch of %d: %s.", column, batch_size, small)
+    rows = dataset.remove_columns(column)
+    return DatasetDict({key: rows.select(group) for key, group in indices.items()})
 
 
 def count_labels(datasets: list[Dataset], column: str) -> int:

@@ -13,10 +13,12 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from datasets import Dataset, DatasetDict
 from huggingface_hub import constants as hub_constants
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.base.sampler import BatchSamplers
@@ -46,7 +48,9 @@ from matryoshka_st.training.data import (
     LOSS_REQUIREMENTS,
     DataError,
     LossSpec,
+    check_group_column,
     count_labels,
+    group_rows,
     infer_loss_spec,
     load_data,
     parse_mapping,
@@ -293,7 +297,18 @@ def _save_final(
     return save_atomically(trainer.model, final, extras)
 
 
-def _load_datasets(config: TrainConfig) -> tuple[Any, Any, LossSpec]:
+@dataclass
+class TrainingData:
+    """What ``run`` trains on: ``train`` goes to the trainer (a ``DatasetDict`` of one dataset per group with
+    ``group_by``), ``rows`` is the same rows as one dataset in file order (PCA texts, int8 scales, binary pairs)."""
+
+    train: Dataset | DatasetDict
+    eval: Dataset | None
+    spec: LossSpec
+    rows: Dataset
+
+
+def _load_datasets(config: TrainConfig) -> TrainingData:
     data, mrl = config.data, config.matryoshka
     mapping = parse_mapping(data.column_mapping, "column_mapping")
     loss_kwargs = parse_mapping(mrl.loss_kwargs, "loss_kwargs")
@@ -310,10 +325,19 @@ def _load_datasets(config: TrainConfig) -> tuple[Any, Any, LossSpec]:
         eval_dataset = rename_columns(
             load_data(data.train_data, data.eval_split, data.dataset_config_name), mapping, "eval"
         )
-    spec = infer_loss_spec(train_dataset, mrl.loss, loss_kwargs)
-    train_dataset = prepare_dataset(train_dataset, spec, "train")
+    group = data.group_by
+    keep: tuple[str, ...] = ()
+    if group:
+        check_group_column(train_dataset, group, "train")
+        keep = (group,)
+    spec = infer_loss_spec(train_dataset.remove_columns(group) if group else train_dataset, mrl.loss, loss_kwargs)
+    train_dataset = prepare_dataset(train_dataset, spec, "train", keep)
     if eval_dataset is not None:
-        eval_spec = infer_loss_spec(eval_dataset, spec.name, loss_kwargs)
+        eval_spec = infer_loss_spec(
+            eval_dataset.remove_columns(group) if group in eval_dataset.column_names else eval_dataset,
+            spec.name,
+            loss_kwargs,
+        )
         if eval_spec.columns != spec.columns:
             raise DataError(
                 f"The eval data columns {eval_spec.columns} differ from the training columns {spec.columns}."
@@ -321,6 +345,8 @@ def _load_datasets(config: TrainConfig) -> tuple[Any, Any, LossSpec]:
         eval_dataset = prepare_dataset(eval_dataset, spec, "eval")
     else:
         train_dataset, eval_dataset = split_eval(train_dataset, data.eval_size, config.training.seed)
+        if eval_dataset is not None and group:
+            eval_dataset = eval_dataset.remove_columns(group)  # held-out rows are scored as one set
     if data.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(data.max_train_samples, len(train_dataset))))
     if eval_dataset is not None and data.max_eval_samples is not None:
@@ -338,16 +364,21 @@ def _load_datasets(config: TrainConfig) -> tuple[Any, Any, LossSpec]:
             len(train_dataset),
             config.training.per_device_train_batch_size,
         )
+    batches = train_dataset
+    if group:
+        batches = group_rows(train_dataset, group, spec, config.training.per_device_train_batch_size)
+        train_dataset = train_dataset.remove_columns(group)
     if spec.label_column and LOSS_REQUIREMENTS.get(spec.name, None) and LOSS_REQUIREMENTS[spec.name].label == "int":
         spec.num_labels = count_labels([d for d in (train_dataset, eval_dataset) if d is not None], spec.label_column)
     logger.info(
-        "Training %s (wrapped in MatryoshkaLoss) on %d rows with columns %s%s.",
+        "Training %s (wrapped in MatryoshkaLoss) on %d rows with columns %s%s%s.",
         spec.name,
         len(train_dataset),
         spec.columns,
+        f", one {group!r} group per batch ({ {k: len(v) for k, v in batches.items()} })" if group else "",
         f", evaluating on {len(eval_dataset)} rows" if eval_dataset is not None else "",
     )
-    return train_dataset, eval_dataset, spec
+    return TrainingData(batches, eval_dataset, spec, train_dataset)
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
@@ -378,12 +409,13 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
     log_launch(config.training)
     resume = resolve_resume(config)
     _check_output_dir(config.training, resume)
-    train_dataset, eval_dataset, spec = _load_datasets(config)
+    data = _load_datasets(config)
+    train_dataset, eval_dataset, spec = data.train, data.eval, data.spec
     model = _load_model(config)
     recipe = config.matryoshka.resolved_recipe()
     logger.info("Recipe %r: %s", recipe.name, recipe.to_dict())
     # every recipe fits its int8 scales on these texts after training; the PCA recipes also their rotations
-    pca_texts = _pca_texts(train_dataset, spec, config.matryoshka.init_texts)
+    pca_texts = _pca_texts(data.rows, spec, config.matryoshka.init_texts)
     if recipe.init == "pca":
         if resume is None:
             _rotate_by_pca(model, pca_texts, "a PCA start")
@@ -425,7 +457,7 @@ def run(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Train
 
     if is_main:
         int8_calibration, binary = _finish_output_space(
-            trainer.model, pca_texts, dims, recipe, config.training.seed, _binary_pairs(train_dataset, spec)
+            trainer.model, pca_texts, dims, recipe, config.training.seed, _binary_pairs(data.rows, spec)
         )
         if plan.evaluator is not None:
             logger.info("Evaluating the fine-tuned model at dims %s.", dims)

@@ -25,6 +25,7 @@ def model_dir(tmp_path_factory) -> str:
 def workdir(tmp_path):
     write_jsonl(tmp_path / "pairs.jsonl", pair_rows(32))
     write_jsonl(tmp_path / "labels.jsonl", [{"text": "a b", "label": 0.5}, {"text": "c d", "label": 1.5}])
+    write_jsonl(tmp_path / "grouped.jsonl", pair_rows(31) + [{"anchor": "x y", "positive": "x y z", "source": "lonely"}])
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "broken.jsonl").write_text('{"anchor": "a", "positive"\n')
     (tmp_path / "bad.yaml").write_text("learning_rate: [1e-5\n")
@@ -55,6 +56,8 @@ def _listing(root):
         (["--config", "unknown.yaml"], "unknown keys ['learnin_rate']"),
         (["--train_data", "pairs.jsonl", "--eval_strategy", "steps"], "needs evaluation data"),
         (["--train_data", "pairs.jsonl", "--loss_kwargs", '{"scael": 2}'], "does not accept the keyword"),
+        (["--train_data", "pairs.jsonl", "--group_by", "origin"], "group_by 'origin' is not a column"),
+        (["--train_data", "grouped.jsonl", "--group_by", "source"], "the groups ['lonely'] have one row each"),
     ],
 )
 def test_bad_input_exits_non_zero_and_writes_nothing(model_dir, workdir, monkeypatch, capsys, args, message):

@@ -61,8 +61,8 @@ def test_pairs_end_to_end(tiny_model_dir, pairs_file, tmp_path):
     assert metadata.recommended_truncate_dim == result.recommended_truncate_dim in (64, 32)
     assert metadata.recommendation["metric"] == "heldout_dim_{dim}_cosine_ndcg@10"
     # the scores after training are the saved model's on the held-out rows, and the recommendation follows from them
-    _, eval_dataset, spec = _load_datasets(config)
-    plan = eval_plan(config, [64, 32], spec, eval_dataset)
+    data = _load_datasets(config)
+    plan = eval_plan(config, [64, 32], data.spec, data.eval)
     saved_scores = plan.scores(plan.evaluator(SentenceTransformer(result.model_path, device="cpu")), [64, 32])
     assert saved_scores == pytest.approx(result.scores_after, abs=1e-6)
     assert metadata.recommendation["scores"] == {str(dim): score for dim, score in result.scores_after.items()}
