@@ -25,7 +25,8 @@ Precisions, scored per query by pytrec_eval's nDCG@10 (as mteb):
   (Gong & Lazebnik, 2011) instead of a random one; ``binary-auto`` (+``rescore``): :class:`matryoshka_st.quantization.BinaryCalibration` fitted on the fit
   texts, which picks per dim between the axes' own signs and the rotated ones (what ``train`` saves);
   ``binary-auto+int8-rescore``: its Hamming shortlist of 40 rescored with the float query against the documents'
-  ``int8-shell`` codes instead of their sign bits (a binary index in RAM, int8 codes read for the shortlist only).
+  ``int8-shell`` codes instead of their sign bits, by their cosine (``rescore_binary(rescore_with=...)``, as the
+  harness's ``binary+int8-rescore``; a binary index in RAM, int8 codes read for the shortlist only).
 
 Differences are paired bootstraps over queries (2,000 resamples) of the per-query scores averaged over seeds.
 
@@ -158,12 +159,8 @@ def scores_at(
         calibration_b = binary_calibration(fit)
         codes_d = calibration_b.codes(d, dim)
         if precision.endswith("+int8-rescore"):  # the Hamming shortlist of 40, rescored against int8-shell codes
-            hamming = calibration_b.codes(q, dim) @ codes_d.T / dim  # (Q, D) in [-1, 1]
-            top = np.argpartition(-hamming, RESCORE_K - 1, axis=1)[:, :RESCORE_K]
             int8_d = calibration.dequantize(calibration.quantize(d, dim), dim)
-            scores = hamming - 3.0
-            np.put_along_axis(scores, top, np.einsum("qd,qkd->qk", q, int8_d[top]), axis=1)
-            return scores
+            return rescore_binary(calibration_b.rotate(q, dim), codes_d, rescore_with=(q, int8_d))
         if precision.endswith("+rescore"):
             return rescore_binary(calibration_b.rotate(q, dim), codes_d, k=int(shortlist or RESCORE_K))
         return calibration_b.codes(q, dim) @ codes_d.T
