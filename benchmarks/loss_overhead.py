@@ -3,13 +3,15 @@
 Median step time (forward + backward) of each inner loss on its own (plain), inside sentence-transformers' own
 MatryoshkaLoss (the reference), inside ours, and inside ours with the default recipe's loss terms (self-distillation,
 the full dim's share); for MNRL also a naive adapter that re-encodes the batch once per dim. Inner losses: MNRL,
-CachedMNRL and CoSENT (random scores as labels). Variants are interleaved (one step of each, in a rotating order, per
+CachedMNRL and CoSENT (random scores as labels), and with ``--gist`` GISTEmbedLoss guided by a frozen copy of the
+model (the guide's forward pass is in every GIST variant alike). Variants are interleaved (one step of each, in a rotating order, per
 round) on the same batches, so machine noise hits them alike; ratios are to the plain inner loss, per round and
 paired. Every device runs in the same invocation and the table puts them side by side: the CPU in float32 and, where
 one is available, the GPU under bf16 autocast.
 
     python benchmarks/loss_overhead.py                    # bundled all-MiniLM-L6-v2, batch 32: CPU (+ GPU bf16)
     python benchmarks/loss_overhead.py --device cuda --bf16 --batch-size 64 --rounds 50
+    python benchmarks/loss_overhead.py --gist            # GISTEmbedLoss rows too
 
 Targets (issue 23): on a GPU in bf16, ours/plain <= 1.03, the default recipe <= 1.05, with CachedMNRL <= 1.10; on
 the CPU the default recipe <= 1.02.
@@ -81,8 +83,13 @@ KINDS = ("plain", "reference", "ours", "ours + default recipe terms", "naive re-
 
 
 def make_variants(model: SentenceTransformer, args: argparse.Namespace) -> dict[tuple[str, str], nn.Module]:
+    factories = dict(INNER)
+    if args.gist:
+        guide = SentenceTransformer(args.model or bundled_model_path(), device=model.device).eval()
+        guide.max_seq_length = model.max_seq_length
+        factories["GIST"] = lambda model, args: st_losses.GISTEmbedLoss(model, guide)
     variants = {}
-    for name, factory in INNER.items():
+    for name, factory in factories.items():
         variants[name, "plain"] = factory(model, args)
         variants[name, "reference"] = st_losses.MatryoshkaLoss(model, factory(model, args), DIMS)
         variants[name, "ours"] = MatryoshkaLoss(model, factory(model, args), DIMS)
@@ -179,6 +186,7 @@ def main() -> None:
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (the GPU always uses it)")
     parser.add_argument("--naive", action="store_true", help="add the naive re-encode-per-dim variant (5x slower)")
+    parser.add_argument("--gist", action="store_true", help="add GISTEmbedLoss (guide: a frozen copy of the model)")
     parser.add_argument("--no-naive", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
     args = parser.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -196,7 +204,8 @@ def main() -> None:
     columns = [f"{run['label']}: median s, ratio, paired" for run in runs]
     print("| inner loss | variant | " + " | ".join(columns) + " |")
     print("| --- | --- | " + " | ".join("---:" for _ in runs) + " |")
-    for inner in INNER:
+    inners = list(dict.fromkeys(inner for inner, _ in runs[0]["medians"]))
+    for inner in inners:
         for kind in KINDS:
             if (inner, kind) not in runs[0]["medians"]:
                 continue
@@ -228,7 +237,7 @@ def main() -> None:
             print(
                 f"{run['label']}: {name} = {value:.3f} (target <= {target}): {'met' if value <= target else 'MISSED'}"
             )
-        for inner in INNER:
+        for inner in inners:
             print(
                 f"{run['label']}: {inner}: ours/plain {ratio[inner, 'ours']:.3f}, reference/plain "
                 f"{ratio[inner, 'reference']:.3f}, default recipe/plain {ratio[inner, 'ours + default recipe terms']:.3f}"

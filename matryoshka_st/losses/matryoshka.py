@@ -20,7 +20,7 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
-from matryoshka_st.losses._replay import CachedForward, patched
+from matryoshka_st.losses._replay import CachedForward, NoHelper, RepeatedForward, patched
 from matryoshka_st.losses._shells import ShellSimilarity, similarity_owner
 from matryoshka_st.losses.distill import distillation_from_cosines, similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
@@ -375,20 +375,35 @@ class MatryoshkaLoss(nn.Module):
         full-size embeddings the encoder produced (one per call) and the shell similarities, if they served."""
         cached = CachedForward(self.model.forward)
         losses = {}
-        with patched(self.model, "forward", cached):
+        with patched(self.model, "forward", cached), self._helpers_once() as helpers:
             with self._shells(active) as shells:
                 for dim, weight in active:
                     if shells is not None:
                         shells.start(dim)
                     cached.start(dim)
+                    helpers.start()
                     with self._head(dim):
                         losses[dim] = weight * self.loss(sentence_features, self._dim_labels(labels, dim))
             for (dim, precision), factor in quant.items():
                 cached.start(dim, lambda prefixes, p=precision: self._fake_quantize(prefixes, p))
+                helpers.start()
                 with self._head(dim):
                     value = self.loss(sentence_features, self._dim_labels(labels, dim))
                 quantized[f"quant_{precision}_dim_{dim}"] = factor * value
         return losses, cached.full, shells
+
+    @contextmanager
+    def _helpers_once(self):
+        """On the replay path, run a helper model of the inner loss (``GISTEmbedLoss``'s ``guide``) once per step
+        instead of once per dim (:class:`RepeatedForward`); a guide that is the trained model itself is left to the
+        model's own replay."""
+        guide = getattr(self.loss, "guide", None)
+        if not isinstance(guide, nn.Module) or guide is self.model:
+            yield NoHelper()
+            return
+        repeated = RepeatedForward(guide.forward)
+        with patched(guide, "forward", repeated):
+            yield repeated
 
     @contextmanager
     def _head(self, dim: int):

@@ -228,6 +228,30 @@ def test_encoder_runs_once_per_column(tiny_model):
         assert sum(calls) == sum(f["input_ids"].shape[0] for f in sentence_features), name
 
 
+@pytest.mark.parametrize("quant", [False, True])
+def test_gist_guide_runs_once_per_column_not_once_per_dim(tiny_model, quant):
+    guide = copy.deepcopy(tiny_model)
+    calls = []
+    original = guide[0].forward
+
+    def counting(features, *args, **kwargs):
+        calls.append(features["input_ids"].shape[0])
+        return original(features, *args, **kwargs)
+
+    guide[0].forward = counting
+    inner = st_losses.GISTEmbedLoss(tiny_model, guide=guide)
+    extra = {"quant_weight": 0.5, "quant_precision": "binary"} if quant else {}
+    sentence_features = _pairs(tiny_model)
+    out = MatryoshkaLoss(tiny_model, inner, DIMS, **extra)(sentence_features, None)
+    assert len(out) == len(DIMS) * (2 if quant else 1)
+    assert sum(calls) == sum(f["input_ids"].shape[0] for f in sentence_features)  # the sentence-transformers
+    # MatryoshkaLoss runs the guide once per dim: the same count times len(DIMS)
+    calls.clear()
+    st_losses.MatryoshkaLoss(tiny_model, inner, DIMS)(_pairs(tiny_model), None)
+    assert sum(calls) == len(DIMS) * sum(f["input_ids"].shape[0] for f in sentence_features)
+    assert "forward" not in vars(guide)  # the guide's own forward is back after the step
+
+
 def test_per_dim_values_are_the_inner_loss_on_truncated_embeddings(tiny_model):
     tiny_model.eval()
     inner = st_losses.MultipleNegativesRankingLoss(tiny_model)
