@@ -54,7 +54,7 @@ BASE_ARGS=()
 
 if [[ $SKIP_OVERHEAD == 0 ]]; then
   echo "== loss overhead, bf16, on the device"
-  python3 benchmarks/loss_overhead.py "${MODEL_ARGS[@]}" --device "$DEVICE" --bf16 --batch-size 64 "${ROUNDS[@]}" \
+  python3 benchmarks/loss_overhead.py "${MODEL_ARGS[@]}" --device "$DEVICE" --bf16 --batch-size 64 --gist "${ROUNDS[@]}" \
     2>&1 | grep -v Warning | tee "$OUT/loss_overhead.txt" || status=1
 fi
 
