@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -408,15 +409,16 @@ def check_group_column(dataset: Dataset, column: str, name: str) -> None:
         )
 
 
-def group_rows(dataset: Dataset, column: str, spec: LossSpec, batch_size: int) -> DatasetDict:
-    """One dataset per value of ``column`` (the column dropped), in order of first appearance, for
-    sentence-transformers' multi-dataset training: each batch then holds rows of one group only.
+def group_rows(dataset: Dataset, groups: Sequence[Any], column: str, spec: LossSpec, batch_size: int) -> DatasetDict:
+    """One dataset per value of ``groups`` (row ``i`` of ``dataset`` is in group ``groups[i]``, read from the
+    ``group_by`` column ``column``), in order of first appearance, for sentence-transformers' multi-dataset training:
+    each batch then holds rows of one group only.
 
     Raises:
         DataError: an empty group value, or a group of one row for a loss that scores rows against their batch.
     """
     indices: dict[str, list[int]] = {}
-    for row, value in enumerate(dataset[column]):
+    for row, value in enumerate(groups):
         if value is None or str(value) == "":
             raise DataError(f"Row {row} has no value in the group_by column {column!r}: every row needs a group.")
         indices.setdefault(str(value), []).append(row)
@@ -431,8 +433,7 @@ def group_rows(dataset: Dataset, column: str, spec: LossSpec, batch_size: int) -
     small = {key: len(rows) for key, rows in indices.items() if len(rows) < batch_size}
     if small:
         logger.warning("group_by %r: groups with fewer rows than a batch of %d: %s.", column, batch_size, small)
-    rows = dataset.remove_columns(column)
-    return DatasetDict({key: rows.select(group) for key, group in indices.items()})
+    return DatasetDict({key: dataset.select(group) for key, group in indices.items()})
 
 
 def count_labels(datasets: list[Dataset], column: str) -> int:

@@ -326,10 +326,9 @@ def _load_datasets(config: TrainConfig) -> TrainingData:
             load_data(data.train_data, data.eval_split, data.dataset_config_name), mapping, "eval"
         )
     group = data.group_by
-    keep: tuple[str, ...] = ()
+    keep = (group,) if group else ()
     if group:
         check_group_column(train_dataset, group, "train")
-        keep = (group,)
     spec = infer_loss_spec(train_dataset.remove_columns(group) if group else train_dataset, mrl.loss, loss_kwargs)
     train_dataset = prepare_dataset(train_dataset, spec, "train", keep)
     if eval_dataset is not None:
@@ -366,8 +365,9 @@ def _load_datasets(config: TrainConfig) -> TrainingData:
         )
     batches = train_dataset
     if group:
-        batches = group_rows(train_dataset, group, spec, config.training.per_device_train_batch_size)
+        groups = train_dataset[group]
         train_dataset = train_dataset.remove_columns(group)
+        batches = group_rows(train_dataset, groups, group, spec, config.training.per_device_train_batch_size)
     if spec.label_column and LOSS_REQUIREMENTS.get(spec.name, None) and LOSS_REQUIREMENTS[spec.name].label == "int":
         spec.num_labels = count_labels([d for d in (train_dataset, eval_dataset) if d is not None], spec.label_column)
     logger.info(

@@ -25,7 +25,9 @@ def model_dir(tmp_path_factory) -> str:
 def workdir(tmp_path):
     write_jsonl(tmp_path / "pairs.jsonl", pair_rows(32))
     write_jsonl(tmp_path / "labels.jsonl", [{"text": "a b", "label": 0.5}, {"text": "c d", "label": 1.5}])
-    write_jsonl(tmp_path / "grouped.jsonl", pair_rows(31) + [{"anchor": "x y", "positive": "x y z", "source": "lonely"}])
+    write_jsonl(
+        tmp_path / "grouped.jsonl", pair_rows(31) + [{"anchor": "x y", "positive": "x y z", "source": "lonely"}]
+    )
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "broken.jsonl").write_text('{"anchor": "a", "positive"\n')
     (tmp_path / "bad.yaml").write_text("learning_rate: [1e-5\n")
