@@ -12,6 +12,12 @@ one is available, the GPU under bf16 autocast.
     python benchmarks/loss_overhead.py                    # bundled all-MiniLM-L6-v2, batch 32: CPU (+ GPU bf16)
     python benchmarks/loss_overhead.py --device cuda --bf16 --batch-size 64 --rounds 50
     python benchmarks/loss_overhead.py --gist            # GISTEmbedLoss rows too
+    python benchmarks/loss_overhead.py --encoder embeddings --gist --shells-off --batch-size 64 --rounds 40
+
+``--encoder embeddings`` removes the transformer's layers and freezes its word embeddings (the rest of its embeddings
+and the pooling stay: the same width and tokenizer, and every inner loss still works), so a step is almost all loss work: what the adapter does per dim, and
+what the shell similarities save (``--shells-off`` adds ours with the inner loss's similarities computed at every dim
+on their own, the path before them), shows instead of drowning in the encoder's time.
 
 Targets (issue 23): on a GPU in bf16, ours/plain <= 1.03, the default recipe <= 1.05, with CachedMNRL <= 1.10; on
 the CPU the default recipe <= 1.02.
@@ -42,6 +48,15 @@ from matryoshka_st.dims import truncate
 from matryoshka_st.recipes import DEFAULT_RECIPE, get_recipe
 
 DIMS = [384, 256, 128, 64, 32]
+
+
+class WithoutShellsMatryoshkaLoss(MatryoshkaLoss):
+    """Ours with the inner loss's similarities computed at every dim on their own, as before the shells (the
+    distillation term keeps its own shell computation)."""
+
+    @contextlib.contextmanager
+    def _shells(self, active):
+        yield None
 
 
 class NaiveMatryoshkaLoss(nn.Module):
@@ -79,20 +94,30 @@ INNER = {
     ),
     "CoSENT": lambda model, args: st_losses.CoSENTLoss(model),
 }
-KINDS = ("plain", "reference", "ours", "ours + default recipe terms", "naive re-encode per dim")
+KINDS = (
+    "plain",
+    "reference",
+    "ours",
+    "ours, similarities per dim (no shells)",
+    "ours + default recipe terms",
+    "naive re-encode per dim",
+)
 
 
 def make_variants(model: SentenceTransformer, args: argparse.Namespace) -> dict[tuple[str, str], nn.Module]:
     factories = dict(INNER)
     if args.gist:
-        guide = SentenceTransformer(args.model or bundled_model_path(), device=model.device).eval()
-        guide.max_seq_length = model.max_seq_length
+        guide = load_model(args, model.device).eval().requires_grad_(False)
         factories["GIST"] = lambda model, args: st_losses.GISTEmbedLoss(model, guide)
     variants = {}
     for name, factory in factories.items():
         variants[name, "plain"] = factory(model, args)
         variants[name, "reference"] = st_losses.MatryoshkaLoss(model, factory(model, args), DIMS)
         variants[name, "ours"] = MatryoshkaLoss(model, factory(model, args), DIMS)
+        if args.shells_off:
+            variants[name, "ours, similarities per dim (no shells)"] = WithoutShellsMatryoshkaLoss(
+                model, factory(model, args), DIMS
+            )
         variants[name, "ours + default recipe terms"] = MatryoshkaLoss(model, factory(model, args), DIMS, **RECIPE)
     if args.naive:
         variants["MNRL", "naive re-encode per dim"] = NaiveMatryoshkaLoss(model, INNER["MNRL"](model, args), DIMS)
@@ -137,10 +162,21 @@ def adapter_cost(model: SentenceTransformer, batch_size: int, device: str, repea
     return max(run(DIMS) - run(DIMS[:1]), 0.0)
 
 
-def measure(args: argparse.Namespace, device: str, bf16: bool) -> dict:
-    """Per-round times of every variant on one device: ``{"medians", "paired", "adapter_ms", "label"}``."""
+def load_model(args: argparse.Namespace, device: str) -> SentenceTransformer:
+    """The model; with ``--encoder embeddings`` its transformer has no layers left (token embeddings, pooling) and the
+    word embeddings are frozen (their dense gradient, vocabulary x width, would be most of such a step)."""
     model = SentenceTransformer(args.model or bundled_model_path(), device=device)
     model.max_seq_length = args.max_seq_length
+    if args.encoder == "embeddings":
+        transformer = model[0].auto_model
+        transformer.encoder.layer = nn.ModuleList()
+        transformer.get_input_embeddings().requires_grad_(False)
+    return model
+
+
+def measure(args: argparse.Namespace, device: str, bf16: bool) -> dict:
+    """Per-round times of every variant on one device: ``{"medians", "paired", "adapter_ms", "label"}``."""
+    model = load_model(args, device)
     model.train()
     batches = load_batches(model, args.batch_size, args.rounds + args.warmup, device)
     variants = make_variants(model, args)
@@ -187,6 +223,15 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (the GPU always uses it)")
     parser.add_argument("--naive", action="store_true", help="add the naive re-encode-per-dim variant (5x slower)")
     parser.add_argument("--gist", action="store_true", help="add GISTEmbedLoss (guide: a frozen copy of the model)")
+    parser.add_argument(
+        "--encoder",
+        choices=("transformer", "embeddings"),
+        default="transformer",
+        help="embeddings: the transformer without its layers (token embeddings + pooling), so a step is loss work",
+    )
+    parser.add_argument(
+        "--shells-off", action="store_true", help="add ours with every dim's similarities computed on their own"
+    )
     parser.add_argument("--no-naive", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
     args = parser.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -195,7 +240,8 @@ def main() -> None:
     print(
         f"# loss_overhead: {', '.join(run['label'] + ' = ' + run['machine'] for run in runs)}; "
         f"{torch.get_num_threads()} CPU threads, batch {args.batch_size}, max_seq_length {args.max_seq_length}, "
-        f"dims {DIMS}, {args.rounds} interleaved rounds, default recipe {DEFAULT_RECIPE!r} terms {RECIPE}"
+        f"dims {DIMS}, {args.rounds} interleaved rounds, default recipe {DEFAULT_RECIPE!r} terms {RECIPE}, "
+        f"encoder {args.encoder}"
     )
     print(
         f"# python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
@@ -224,6 +270,12 @@ def main() -> None:
     for run in runs:
         ratio = {key: run["medians"][key] / run["medians"][key[0], "plain"] for key in run["medians"]}
         gpu = run["label"].startswith("cuda")
+        if args.encoder == "embeddings":
+            print(f"{run['label']}: no transformer layers: the ratios are loss work, not the issue's step targets")
+            for inner in inners:
+                kinds = [kind for kind in KINDS[1:] if (inner, kind) in ratio]
+                print(f"{run['label']}: {inner}: " + ", ".join(f"{kind} {ratio[inner, kind]:.3f}" for kind in kinds))
+            continue
         checks = (
             [
                 ("ours/plain (MNRL)", ratio["MNRL", "ours"], 1.03),

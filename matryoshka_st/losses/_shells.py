@@ -9,19 +9,23 @@ similarity per call; what is written here is the reuse across the dims of one st
 - :class:`ShellSimilarity`: stands in for an inner loss's ``similarity_fct`` while :class:`MatryoshkaLoss` runs it at
   every dim, largest first: the first pass computes every dim's similarities, the later passes take theirs.
 
-Which inner losses it serves is decided by contract (:func:`shell_kind`): a ``similarity_fct`` that is
-sentence-transformers' ``cos_sim`` or ``pairwise_cos_sim``; ``tests/losses/test_shells.py`` classifies every loss
-class sentence-transformers exports.
+Which inner losses it serves is decided by contract (:func:`shell_target`): a ``similarity_fct`` that is
+sentence-transformers' ``cos_sim`` or ``pairwise_cos_sim``, or ``GISTEmbedLoss``'s ``sim_matrix`` over an
+``nn.CosineSimilarity(dim=-1)`` (a cosine matrix computed by broadcasting, ``(R, 1, D) x (1, C, D)``);
+``tests/losses/test_shells.py`` classifies every loss class sentence-transformers exports. Similarities of inputs that
+are the same at every dim and take no gradient (GIST's guide embeddings) are computed once per step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss
 from sentence_transformers.util import cos_sim, pairwise_cos_sim
-from torch import Tensor
+from torch import Tensor, nn
 
 ShellKind = Literal["matrix", "pairwise"]
 _EPS = 1e-12  # F.normalize's, which cos_sim uses
@@ -31,17 +35,19 @@ def _float32(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
-def _prefix_norms(x: Tensor, dims: Sequence[int]) -> Tensor:
-    """``(N, len(dims))`` L2 norms of the ``d``-prefixes of ``x`` ``(N, D)``, from one cumulative sum of squares."""
+def _prefix_norms(x: Tensor, dims: Sequence[int], eps: float = _EPS) -> Tensor:
+    """``(N, len(dims))`` L2 norms of the ``d``-prefixes of ``x`` ``(N, D)``, from one cumulative sum of squares, each
+    at least ``eps``."""
     index = torch.tensor([d - 1 for d in dims], device=x.device)
-    return x.square().cumsum(-1).index_select(-1, index).sqrt().clamp_min(_EPS)
+    return x.square().cumsum(-1).index_select(-1, index).sqrt().clamp_min(eps)
 
 
-def prefix_cosines(queries: Tensor, candidates: Tensor, dims: Sequence[int]) -> dict[int, Tensor]:
+def prefix_cosines(queries: Tensor, candidates: Tensor, dims: Sequence[int], eps: float = _EPS) -> dict[int, Tensor]:
     """``{d: cos(queries[:, :d], candidates[:, :d])}`` ``(R, C)`` for every ``d`` in ``dims``, in float32.
 
     Equal to ``cos_sim`` on the prefixes (float32 to ~1e-7), computed shell by shell: one matmul per shell, whose
-    widths add up to the largest dim, and all prefix norms from one cumulative sum of squares per side.
+    widths add up to the largest dim, and all prefix norms from one cumulative sum of squares per side. Each norm is
+    at least ``eps``: ``cos_sim``'s ``1e-12`` by default, ``nn.CosineSimilarity``'s own ``eps`` for GIST.
 
     Example:
         >>> a, b = torch.randn(4, 64), torch.randn(6, 64)
@@ -52,7 +58,7 @@ def prefix_cosines(queries: Tensor, candidates: Tensor, dims: Sequence[int]) -> 
     order = sorted(set(dims))
     with torch.autocast(queries.device.type, enabled=False):
         queries, candidates = _float32(queries[:, : order[-1]]), _float32(candidates[:, : order[-1]])
-        query_norms, candidate_norms = _prefix_norms(queries, order), _prefix_norms(candidates, order)
+        query_norms, candidate_norms = _prefix_norms(queries, order, eps), _prefix_norms(candidates, order, eps)
         cosines, dots, previous = {}, None, 0
         for k, dim in enumerate(order):
             shell = queries[:, previous:dim] @ candidates[:, previous:dim].T  # (R, C)
@@ -62,15 +68,15 @@ def prefix_cosines(queries: Tensor, candidates: Tensor, dims: Sequence[int]) -> 
     return cosines
 
 
-def prefix_pairwise_cosines(a: Tensor, b: Tensor, dims: Sequence[int]) -> dict[int, Tensor]:
+def prefix_pairwise_cosines(a: Tensor, b: Tensor, dims: Sequence[int], eps: float = _EPS) -> dict[int, Tensor]:
     """``{d: pairwise_cos_sim(a[:, :d], b[:, :d])}`` ``(N,)`` for every ``d`` in ``dims``, in float32: all prefix
-    dot products from one cumulative sum of ``a * b``, all norms from one of the squares."""
+    dot products from one cumulative sum of ``a * b``, all norms (each at least ``eps``) from one of the squares."""
     order = sorted(set(dims))
     index = torch.tensor([d - 1 for d in order], device=a.device)
     with torch.autocast(a.device.type, enabled=False):
         a, b = _float32(a[:, : order[-1]]), _float32(b[:, : order[-1]])
         dots = (a * b).cumsum(-1).index_select(-1, index)  # (N, K)
-        values = dots / (_prefix_norms(a, order) * _prefix_norms(b, order))
+        values = dots / (_prefix_norms(a, order, eps) * _prefix_norms(b, order, eps))
     return {dim: values[:, k] for k, dim in enumerate(order)}
 
 
@@ -99,29 +105,100 @@ def similarity_owner(loss: object) -> object | None:
     return None
 
 
+def cosine_sim_matrix(loss: object) -> nn.CosineSimilarity | None:
+    """The ``nn.CosineSimilarity(dim=-1)`` of a loss whose ``sim_matrix`` is ``GISTEmbedLoss``'s (``similarity_fct``
+    on ``(R, 1, D)`` and ``(1, C, D)``: the ``(R, C)`` cosine matrix), else ``None``."""
+    if getattr(type(loss), "sim_matrix", None) is not GISTEmbedLoss.sim_matrix or "sim_matrix" in vars(loss):
+        return None
+    function = getattr(loss, "similarity_fct", None)
+    return function if type(function) is nn.CosineSimilarity and function.dim in (-1, 2) else None
+
+
+@dataclass(frozen=True)
+class ShellTarget:
+    """Where :class:`ShellSimilarity` stands in for an inner loss's similarities: the attribute ``name`` of ``owner``
+    (``similarity_fct``, or GIST's ``sim_matrix``), whose own function is ``function``, of kind ``kind``; norms are
+    clamped at ``eps``, as that function does."""
+
+    owner: object
+    name: str
+    function: Callable[[Tensor, Tensor], Tensor]
+    kind: ShellKind
+    eps: float = _EPS
+
+
+def shell_target(loss: object) -> ShellTarget | None:
+    """Where the similarities of ``loss`` can be served shell by shell, or ``None`` (they keep their own computation)."""
+    owner = similarity_owner(loss)
+    if owner is not None:
+        function = owner.similarity_fct
+        return ShellTarget(owner, "similarity_fct", function, shell_kind(function))
+    cosine = cosine_sim_matrix(loss)
+    if cosine is not None:
+        return ShellTarget(loss, "sim_matrix", loss.sim_matrix, "matrix", float(cosine.eps))
+    return None
+
+
+def _same_input(x: Tensor, recorded: Tensor, version: int) -> bool:
+    """Whether ``x`` holds what ``recorded`` held when it was recorded: the same memory (a view of the same storage,
+    shape and strides, as a fresh slice ``guide[offset:end]`` is) unchanged since (its version counter)."""
+    return (
+        x.device == recorded.device
+        and x.dtype == recorded.dtype
+        and x.shape == recorded.shape
+        and x.stride() == recorded.stride()
+        and x.storage_offset() == recorded.storage_offset()
+        and x.untyped_storage().data_ptr() == recorded.untyped_storage().data_ptr()
+        and x._version == version
+    )
+
+
+@dataclass
+class _Call:
+    """One similarity call of the first dim: the values at every dim (``None``: computed directly), and for a call
+    whose inputs take no gradient, those inputs and its output, to hand back to the same call at later dims."""
+
+    values: dict[int, Tensor] | None = None
+    inputs: tuple[Tensor, Tensor] | None = None
+    versions: tuple[int, int, int] = (0, 0, 0)  # of the two inputs and the output when recorded
+    output: Tensor | None = None
+
+
 class ShellSimilarity:
-    """Stands in for ``cos_sim`` / ``pairwise_cos_sim`` while the inner loss runs at every dim of one step.
+    """Stands in for an inner loss's similarity (``cos_sim``, ``pairwise_cos_sim`` or GIST's ``sim_matrix``) while
+    the inner loss runs at every dim of one step.
 
     :meth:`start` announces each dim, largest first. During the first dim every call computes the similarities of
     its two inputs at that dim and at every smaller active dim (their prefixes are the smaller dims' inputs, up to a
     per-row scale that cosines ignore) and returns the first; during the later dims call ``k`` returns what call
     ``k`` of the first dim computed for it. Calls are matched by order, as the replay path matches encoder calls
     (deterministic within one loss call); a call whose shapes do not match, or that comes from inputs of another
-    width (a guide model's embeddings), is computed directly.
+    width, is computed directly. A call whose inputs take no gradient while gradients are on (a guide model's
+    embeddings) is computed once, at its own width: the same call at a later dim, on the same unchanged inputs, gets
+    the same output back.
 
     Args:
-        similarity_fct: the inner loss's own function (``cos_sim`` or ``pairwise_cos_sim``).
+        similarity_fct: the inner loss's own function (``cos_sim``, ``pairwise_cos_sim``, or ``sim_matrix``).
         dims: the dims of this step, largest first.
+        kind: ``"matrix"`` or ``"pairwise"``; ``None`` reads it from ``similarity_fct`` (:func:`shell_kind`).
+        eps: the smallest norm, as ``similarity_fct`` clamps it.
     """
 
-    def __init__(self, similarity_fct: Callable[[Tensor, Tensor], Tensor], dims: Sequence[int]) -> None:
-        kind = shell_kind(similarity_fct)
+    def __init__(
+        self,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor],
+        dims: Sequence[int],
+        kind: ShellKind | None = None,
+        eps: float = _EPS,
+    ) -> None:
+        kind = kind or shell_kind(similarity_fct)
         if kind is None:
             raise ValueError(f"ShellSimilarity serves cos_sim and pairwise_cos_sim, not {similarity_fct!r}.")
         self.similarity_fct = similarity_fct
         self.kind: ShellKind = kind
+        self.eps = eps
         self.dims = sorted(dims, reverse=True)
-        self.calls: list[dict[int, Tensor] | None] = []
+        self.calls: list[_Call] = []
         self.first: dict[int, Tensor] = {}  # the first call's similarities at every dim (the distillation's)
         self.first_versions: dict[int, int] = {}  # their version counters: an in-place write by the loss shows
         self.dim: int | None = None
@@ -135,22 +212,41 @@ class ShellSimilarity:
             self.calls, self.first, self.first_versions = [], {}, {}
         self.index = 0
 
+    def _compute(self, a: Tensor, b: Tensor, dims: Sequence[int]) -> dict[int, Tensor]:
+        if self.kind == "matrix":
+            return prefix_cosines(a, b, dims, self.eps)
+        return prefix_pairwise_cosines(a, b, dims, self.eps)
+
+    def _constant(self, a: Tensor, b: Tensor) -> bool:
+        return torch.is_grad_enabled() and not (a.requires_grad or b.requires_grad)
+
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
         index, self.index = self.index, self.index + 1
-        usable = a.ndim == 2 and b.ndim == 2 and a.shape[-1] == b.shape[-1] == self.dim
+        two_d = a.ndim == 2 and b.ndim == 2 and a.shape[-1] == b.shape[-1]
         if self.recording:
-            if not usable:
-                self.calls.append(None)
+            call = _Call()
+            self.calls.append(call)
+            if self._constant(a, b):
+                output = self._compute(a, b, [a.shape[-1]]).popitem()[1] if two_d else self.similarity_fct(a, b)
+                call.inputs, call.output = (a, b), output
+                call.versions = (a._version, b._version, output._version)
+                return output
+            if not (two_d and a.shape[-1] == self.dim):
                 return self.similarity_fct(a, b)
-            compute = prefix_cosines if self.kind == "matrix" else prefix_pairwise_cosines
-            values = compute(a, b, [d for d in self.dims if d <= self.dim])
+            values = self._compute(a, b, [d for d in self.dims if d <= self.dim])
             if index == 0:
                 self.first = dict(values)
                 self.first_versions = {dim: value._version for dim, value in values.items()}
-            self.calls.append(values)
+            call.values = values
             return values.pop(self.dim)
-        values = self.calls[index] if index < len(self.calls) else None
+        call = self.calls[index] if index < len(self.calls) else None
+        if call is not None and call.inputs is not None:
+            (ra, rb), (va, vb, vo) = call.inputs, call.versions
+            if _same_input(a, ra, va) and _same_input(b, rb, vb) and call.output._version == vo:
+                return call.output
+        values = call.values if call is not None else None
         shape = (a.shape[0], b.shape[0]) if self.kind == "matrix" else (a.shape[0],)
+        usable = two_d and a.shape[-1] == self.dim
         if usable and values is not None and self.dim in values and values[self.dim].shape == shape:
             return values.pop(self.dim)
         return self.similarity_fct(a, b)

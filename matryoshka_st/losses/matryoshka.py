@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
 from matryoshka_st.losses._replay import CachedForward, NoHelper, RepeatedForward, patched
-from matryoshka_st.losses._shells import ShellSimilarity, similarity_owner
+from matryoshka_st.losses._shells import ShellSimilarity, shell_target
 from matryoshka_st.losses.distill import distillation_from_cosines, similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
 from matryoshka_st.losses.paths import computes_from_embeddings
@@ -289,14 +289,14 @@ class MatryoshkaLoss(nn.Module):
 
     @contextmanager
     def _shells(self, active: list[tuple[int, float]]):
-        """Serve the inner loss's similarities shell by shell (:class:`ShellSimilarity`) for the block when its
-        ``similarity_fct`` is one :func:`shell_kind` knows and more than one dim is active; else yield ``None``."""
-        owner = similarity_owner(self.loss)
-        if owner is None or len(active) < 2:
+        """Serve the inner loss's similarities shell by shell (:class:`ShellSimilarity`) for the block when they are
+        ones :func:`shell_target` knows and more than one dim is active; else yield ``None``."""
+        target = shell_target(self.loss)
+        if target is None or len(active) < 2:
             yield None
             return
-        shells = ShellSimilarity(owner.similarity_fct, [dim for dim, _ in active])
-        with patched(owner, "similarity_fct", shells):
+        shells = ShellSimilarity(target.function, [dim for dim, _ in active], target.kind, target.eps)
+        with patched(target.owner, target.name, shells):
             yield shells
 
     def _distill(

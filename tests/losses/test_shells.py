@@ -9,6 +9,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from sentence_transformers.base.modules import Dense
 from sentence_transformers.sentence_transformer import losses as st_losses
 from sentence_transformers.util import cos_sim, dot_score, pairwise_cos_sim
 from torch import nn
@@ -21,9 +22,10 @@ from matryoshka_st.losses._shells import (
     ShellSimilarity,
     prefix_cosines,
     prefix_pairwise_cosines,
-    shell_kind,
+    shell_target,
     similarity_owner,
 )
+from tests.conftest import TINY_DIM
 
 from ._batches import ANCHORS, NEGATIVES, POSITIVES, features
 from ._mixed_precision import relative_gradient_error
@@ -68,21 +70,44 @@ def test_half_precision_inputs_are_computed_in_float32():
 
 def test_shell_similarity_replays_by_call_order_and_computes_what_does_not_match():
     torch.manual_seed(3)
-    a, b, guide = torch.randn(4, 32), torch.randn(6, 32), torch.randn(6, 20)
+    a, b = torch.randn(4, 32, requires_grad=True), torch.randn(6, 32, requires_grad=True)
+    guide, narrow = torch.randn(6, 32), torch.randn(6, 20)  # take no gradient, the same at every dim
     shells = ShellSimilarity(cos_sim, [32, 16, 8])
     calls = {}
     for dim in (32, 16, 8):
         shells.start(dim)
         x, y = truncate(a, dim), truncate(b, dim)
-        calls[dim] = [shells(x, y), shells(y[:3], x), shells(guide, guide)]
-        for got, (p, q) in zip(calls[dim], [(x, y), (y[:3], x), (guide, guide)]):
+        inputs = [(x, y), (y[:3], x), (guide, guide[1:4]), (narrow, narrow)]
+        calls[dim] = [shells(p, q) for p, q in inputs]
+        for got, (p, q) in zip(calls[dim], inputs):
             torch.testing.assert_close(got, cos_sim(p, q), rtol=1e-5, atol=1e-6)
     assert sorted(shells.first) == [8, 16, 32]  # the first call at every dim: what the distillation may reuse
-    assert shells.calls[2] is None  # another width: computed directly
+    assert shells.calls[1].values == {}  # the smaller dims' similarities are handed out once each
+    # inputs without gradients: computed once at their own width, the same output at every later dim
+    assert all(calls[dim][2] is calls[32][2] and calls[dim][3] is calls[32][3] for dim in (16, 8))
+    assert shells.calls[2].values is None and shells.calls[3].values is None
+    # ...unless they changed: written into in place, or another tensor
+    shells.start(16)
+    shells(truncate(a, 16), truncate(b, 16))
+    shells(truncate(b, 16)[:3], truncate(a, 16))
+    guide[0, 0] += 1.0
+    changed = shells(guide, guide[1:4])
+    assert changed is not calls[32][2]
+    torch.testing.assert_close(changed, cos_sim(guide, guide[1:4]), rtol=1e-5, atol=1e-6)
+    assert shells(narrow.clone(), narrow) is not calls[32][3]
     # a later dim that calls more often than the first one gets those extra calls computed directly
     shells.start(16)
-    for _ in range(4):
+    for _ in range(6):
         shells(truncate(a, 16), truncate(b, 16))
+
+
+def test_gist_sim_matrix_norms_are_clamped_at_its_eps():
+    cosine = nn.CosineSimilarity(dim=-1, eps=1e-3)
+    a, b = torch.randn(3, 8), torch.randn(5, 8)
+    a[1] *= 1e-5  # a norm under eps: nn.CosineSimilarity divides by eps, not by the norm
+    direct = cosine(a.unsqueeze(1), b.unsqueeze(0))
+    torch.testing.assert_close(prefix_cosines(a, b, [8], eps=1e-3)[8], direct, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(prefix_cosines(a, b, [8])[8][1], direct[1], atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------- which losses it serves
@@ -94,6 +119,7 @@ MATRIX = {
     "GlobalOrthogonalRegularizationLoss",
     "MultipleNegativesRankingLoss",
     "MultipleNegativesSymmetricRankingLoss",
+    "GISTEmbedLoss",  # its sim_matrix: nn.CosineSimilarity(dim=-1) broadcast to the cosine matrix
 }
 PAIRWISE = {"CoSENTLoss"}
 # their similarity is not cos_sim / pairwise_cos_sim (dot products, angles, nn.CosineSimilarity, distances), or they
@@ -104,14 +130,13 @@ OWN = {
     "BatchHardSoftMarginTripletLoss",
     "BatchHardTripletLoss",
     "BatchSemiHardTripletLoss",
-    "CachedGISTEmbedLoss",
+    "CachedGISTEmbedLoss",  # its own sim_matrix, and the GradCache path
     "ContrastiveLoss",
     "ContrastiveTensionLoss",
     "CosineSimilarityLoss",
     "DenoisingAutoEncoderLoss",
     "DistillKLDivLoss",
     "EmbedDistillLoss",
-    "GISTEmbedLoss",
     "MSELoss",
     "MarginMSELoss",
     "MegaBatchMarginLoss",
@@ -148,13 +173,24 @@ def test_shell_kind_by_contract(_tiny_model, name):
         return
     model = copy.deepcopy(_tiny_model)
     loss = cls(model, **SPECIAL_ARGS.get(name, lambda m: {})(model))
-    owner = similarity_owner(loss)
-    kind = shell_kind(owner.similarity_fct) if owner is not None else None
+    target = shell_target(loss)
+    kind = target.kind if target is not None else None
     assert kind == ("matrix" if name in MATRIX else "pairwise" if name in PAIRWISE else None)
+    if target is not None:  # the attribute it stands in for is the one the loss reads
+        assert target.name == ("sim_matrix" if name == "GISTEmbedLoss" else "similarity_fct")
 
 
 def test_a_dot_product_similarity_keeps_its_own_computation(_tiny_model):
     assert similarity_owner(st_losses.MultipleNegativesRankingLoss(_tiny_model, similarity_fct=dot_score)) is None
+    assert shell_target(st_losses.MultipleNegativesRankingLoss(_tiny_model, similarity_fct=dot_score)) is None
+
+
+def test_a_gist_with_another_similarity_keeps_its_own_computation(_tiny_model):
+    loss = st_losses.GISTEmbedLoss(_tiny_model, guide=_tiny_model)
+    loss.similarity_fct = nn.PairwiseDistance()  # not a cosine: sim_matrix is no cosine matrix
+    assert shell_target(loss) is None
+    loss.similarity_fct = nn.CosineSimilarity(dim=0)
+    assert shell_target(loss) is None
 
 
 # ------------------------------------------------------------------ the adapter: with shells = without (float32)
@@ -209,7 +245,22 @@ CASES = {
         [ANCHORS, POSITIVES],
         torch.tensor([0.9, 0.8, 0.1, 0.7, 0.2, 0.6]),
     ),
+    # the guide as wide as the model (its similarities at the first dim look like the model's) and narrower
+    "GIST": (lambda m: st_losses.GISTEmbedLoss(m, guide=copy.deepcopy(m)), [ANCHORS, POSITIVES, NEGATIVES], None),
+    "GIST-narrow-guide": (
+        lambda m: st_losses.GISTEmbedLoss(m, guide=_narrow_guide(m), margin_strategy="relative"),
+        [ANCHORS, POSITIVES],
+        None,
+    ),
 }
+
+
+def _narrow_guide(model):
+    """A frozen guide of width 24: the model with a random projection on top."""
+    guide = copy.deepcopy(model)
+    torch.manual_seed(5)
+    guide.append(Dense(TINY_DIM, 24))
+    return guide.requires_grad_(False)
 
 
 def _run(model, case, kwargs, dtype=None):
@@ -227,7 +278,7 @@ def _run(model, case, kwargs, dtype=None):
 
 
 def _without_shells(monkeypatch):
-    monkeypatch.setattr(matryoshka_module, "similarity_owner", lambda loss: None)
+    monkeypatch.setattr(matryoshka_module, "shell_target", lambda loss: None)
     monkeypatch.setattr(matryoshka_module, "similarity_distillation", _previous_distillation)
 
 
@@ -260,8 +311,11 @@ def test_adapter_with_shells_equals_the_previous_path(_tiny_model, case, terms, 
         ref_values, ref_grads = _run(_tiny_model, case, kwargs)
     assert values.keys() == ref_values.keys()
     for key, value in values.items():
-        assert value == pytest.approx(ref_values[key], rel=1e-5, abs=1e-7), key
+        # a KL term is a difference of log-probabilities: float32 rounding of the logits shows in it absolutely
+        absolute = 1e-6 if key.startswith("distill_") else 1e-7
+        assert value == pytest.approx(ref_values[key], rel=1e-5, abs=absolute), key
     assert relative_gradient_error(grads, ref_grads) < 1e-5
+    assert all(value > 0 for key, value in values.items() if key.startswith("loss_dim_"))  # not trivially equal
     # the shells did serve: the inner loss (not on the GradCache path) and/or the distillation read them
     if case != "CMNRL" and case != "CoSENT":
         assert counts["prefix"] >= 1
@@ -271,7 +325,33 @@ def test_adapter_with_shells_equals_the_previous_path(_tiny_model, case, terms, 
         assert counts["distill_own"] == (0 if shared else 1)
 
 
-@pytest.mark.parametrize("case", ["MNRL", "CoSENT"])
+@pytest.mark.parametrize("guide", ["as wide", "narrow"])
+def test_gist_similarities_come_from_the_shells_and_the_guides_once_per_step(_tiny_model, guide, monkeypatch):
+    model = copy.deepcopy(_tiny_model)
+    inner = st_losses.GISTEmbedLoss(model, guide=copy.deepcopy(model) if guide == "as wide" else _narrow_guide(model))
+    widths, computed = [], []
+    inner.similarity_fct.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[-1]))
+    prefix = shells_module.prefix_cosines
+    monkeypatch.setattr(
+        shells_module,
+        "prefix_cosines",
+        lambda a, b, dims, *rest: computed.append(list(dims)) or prefix(a, b, dims, *rest),
+    )
+    columns = features(model, ANCHORS, POSITIVES, NEGATIVES)
+    MatryoshkaLoss(model, inner, [64, 32, 16])([dict(c) for c in columns], None)
+    # per step GIST compares anchor-positive, anchor-anchor, positive-positive and anchor-negative, with the model's
+    # embeddings and with the guide's. The model's: at every dim from one shell computation at the first dim; the
+    # guide's (no gradient): once, at the guide's width, and handed back at the later dims
+    guide_width = 64 if guide == "as wide" else 24
+    assert sorted(computed) == sorted([[64, 32, 16]] * 4 + [[guide_width]] * 4)
+    assert widths == []  # nn.CosineSimilarity's broadcast (R, C, D) products are not formed
+    assert "sim_matrix" not in vars(inner)  # the loss's own method is back after the step
+    widths.clear()
+    st_losses.MatryoshkaLoss(model, inner, [64, 32, 16])([dict(c) for c in columns], None)
+    assert len(widths) == 8 * 3  # sentence-transformers' MatryoshkaLoss: all eight at every dim
+
+
+@pytest.mark.parametrize("case", ["MNRL", "CoSENT", "GIST"])
 def test_shells_under_bf16_autocast_stay_within_the_mixed_precision_bounds(_tiny_model, case, one_torch_thread):
     reference, reference_grads = _run(_tiny_model, case, RECIPE_TERMS)
     values, grads = _run(_tiny_model, case, RECIPE_TERMS, dtype=torch.bfloat16)
