@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -67,6 +67,12 @@ def _share_full(weights: list[float], share: float) -> list[float]:
 
 
 class MatryoshkaLoss(nn.Module):
+    #: With a GradCache inner loss (``Cached*``): the loss-side autograd memory, as :meth:`_one_graph_bytes` estimates
+    #: it, up to which every dim of a step is computed in one graph and back-propagated once; above it, dim by dim
+    #: through the inner loss's own chunked backward, which holds one mini-batch's score rows at a time. ``0``: always
+    #: dim by dim. Set it on the class or on one loss.
+    one_graph_max_bytes: int = 256 * 2**20
+
     def __init__(
         self,
         model: SentenceTransformer,
@@ -226,6 +232,7 @@ class MatryoshkaLoss(nn.Module):
                 )
             self.heads = MatryoshkaHeads(classifier, full_dim, self.matryoshka_dims, head_mode)
         self.last_dim_losses: dict[int, Tensor] = {}
+        self.last_gradient_cache_path: str | None = None  # "one_graph" or "per_dim": what the last GradCache step took
 
     # -- forward paths ---------------------------------------------------------------------------------------------
     def _active(self) -> list[tuple[int, float]]:
@@ -427,8 +434,13 @@ class MatryoshkaLoss(nn.Module):
         quantized: dict[str, Tensor],
     ) -> dict[int, Tensor]:
         """For GradCache losses (``Cached*``): their ``calculate_loss`` sees every mini-batch's embeddings at once,
-        so it is wrapped, for this call only, to run at each dimension (and on each fake-quantized prefix). The
-        gradients of all of them are pushed through the truncation in one backward call."""
+        so it is wrapped, for this call only, to run at each dimension (and on each fake-quantized prefix).
+
+        Two ways, chosen per step by :meth:`_one_graph_bytes`: while every dim's loss graph fits in
+        ``one_graph_max_bytes``, all dims are computed as one graph, their similarities shell by shell, and
+        back-propagated once (:meth:`_gradient_cache_one_graph`); beyond it, each dim runs the inner loss's own
+        chunked backward (one mini-batch's score rows at a time) and the gradients of all of them are pushed through
+        the truncation in one backward call (:meth:`_gradient_cache_per_dim`)."""
         calculate_loss = self.loss.calculate_loss
         per_dim: dict[int, Tensor] = {}
         # (dim, weight, precision or None): the inner loss's runs on the float prefixes, then on the codes
@@ -436,44 +448,16 @@ class MatryoshkaLoss(nn.Module):
         runs += [(dim, factor, precision) for (dim, precision), factor in quant.items()]
 
         def matryoshka_calculate_loss(reps: list[list[Tensor]], *args: Any, with_backward: bool = False, **kwargs):
-            truncated_all, grads_all = [], []
-            total = 0.0
-            for dim, weight, precision in runs:
-                truncated = [[truncate(rep, dim) for rep in column] for column in reps]
-                inputs = [[rep.detach().requires_grad_() for rep in column] for column in truncated]
-                leaves = inputs
-                if precision is not None:  # one set of int8 scales per column, as on the other paths
-                    inputs = [
-                        list(self._fake_quantize(torch.cat(column), precision).split([len(r) for r in column]))
-                        for column in (inputs if with_backward else truncated)
-                    ]
-                elif not with_backward:
-                    inputs = truncated
-                if with_backward:
-                    value = calculate_loss(inputs, *args, with_backward=True, **kwargs)
-                    for column, leaf_column in zip(truncated, leaves):
-                        for rep, leaf in zip(column, leaf_column):
-                            if leaf.grad is not None:
-                                truncated_all.append(rep)
-                                grads_all.append(leaf.grad * weight)
-                else:
-                    value = calculate_loss(inputs, *args, **kwargs)
-                if precision is None:
-                    per_dim[dim] = weight * value
-                else:
-                    quantized[f"quant_{precision}_dim_{dim}"] = (weight * value).detach()
-                total = total + weight * value
-            # self-distillation reads every mini-batch's full embeddings at once (the whole batch is the teacher)
-            terms = self._distill([torch.cat(column) for column in reps], active)
-            for dim, term in terms.items():
-                distilled[dim] = term.detach()
-                total = total + term.detach() if with_backward else total + term
-            if with_backward and terms:
-                truncated_all.append(torch.stack(list(terms.values())).sum())
-                grads_all.append(torch.ones((), device=truncated_all[-1].device))
-            if truncated_all:
-                torch.autograd.backward(truncated_all, grads_all)
-            return total.detach() if with_backward else total
+            def run(inputs: list[list[Tensor]], **backward: bool) -> Tensor:
+                return calculate_loss(inputs, *args, **kwargs, **backward)
+
+            if self._one_graph_bytes(reps, len(runs)) <= self.one_graph_max_bytes:
+                self.last_gradient_cache_path = "one_graph"
+                return self._gradient_cache_one_graph(
+                    run, reps, active, runs, with_backward, per_dim, distilled, quantized
+                )
+            self.last_gradient_cache_path = "per_dim"
+            return self._gradient_cache_per_dim(run, reps, active, runs, with_backward, per_dim, distilled, quantized)
 
         with patched(self.loss, "calculate_loss", matryoshka_calculate_loss):
             total = self.loss(sentence_features, labels)
@@ -484,6 +468,110 @@ class MatryoshkaLoss(nn.Module):
         losses = {first: total - sum(detached)}
         losses.update({dim: per_dim[dim].detach() for dim in rest})
         return losses
+
+    def _one_graph_bytes(self, reps: list[list[Tensor]], n_runs: int) -> int:
+        """An upper estimate of the loss-side autograd memory of all runs at once: four float32 ``(B, C)`` score
+        matrices per run and similarity direction (scores, shell sums, the softmax's input and output), ``B`` this
+        process's anchors, ``C`` the candidates of every process. Measured on CMNRL, the saved tensors come to about
+        3.5 of them."""
+        anchors = sum(len(rep) for rep in reps[0])
+        world = torch.distributed.get_world_size() if _gathers(self.loss) else 1
+        candidates = world * sum(len(rep) for column in reps[1:] for rep in column) or anchors
+        directions = max(len(tuple(getattr(self.loss, "directions", ()))), 1)
+        return 16 * n_runs * directions * anchors * candidates
+
+    def _gradient_cache_one_graph(
+        self,
+        run: Callable[..., Tensor],
+        reps: list[list[Tensor]],
+        active: list[tuple[int, float]],
+        runs: list[tuple[int, float, str | None]],
+        with_backward: bool,
+        per_dim: dict[int, Tensor],
+        distilled: dict[int, Tensor],
+        quantized: dict[str, Tensor],
+    ) -> Tensor:
+        """Every run on the truncated ``reps`` in one graph (the first dim computes every dim's similarities shell
+        by shell, :class:`ShellSimilarity`), the distillation reusing them, and one backward into ``reps``."""
+        total = 0.0
+        with self._shells(active) as shells:
+            for dim, weight in active:
+                if shells is not None:
+                    shells.start(dim)
+                per_dim[dim] = weight * run([[truncate(rep, dim) for rep in column] for column in reps])
+                total = total + per_dim[dim]
+        for dim, factor, precision in runs[len(active) :]:
+            # one set of int8 scales per column, as on the other paths
+            codes = [
+                list(self._fake_quantize(truncate(torch.cat(column), dim), precision).split([len(r) for r in column]))
+                for column in reps
+            ]
+            value = factor * run(codes)
+            quantized[f"quant_{precision}_dim_{dim}"] = value.detach()
+            total = total + value
+        # self-distillation reads every mini-batch's full embeddings at once (the whole batch is the teacher)
+        terms = self._distill([torch.cat(column) for column in reps], active, shells)
+        for dim, term in terms.items():
+            distilled[dim] = term.detach()
+            total = total + term
+        if not with_backward:
+            return total
+        total.backward()
+        for dim in per_dim:
+            per_dim[dim] = per_dim[dim].detach()
+        return total.detach()
+
+    def _gradient_cache_per_dim(
+        self,
+        run: Callable[..., Tensor],
+        reps: list[list[Tensor]],
+        active: list[tuple[int, float]],
+        runs: list[tuple[int, float, str | None]],
+        with_backward: bool,
+        per_dim: dict[int, Tensor],
+        distilled: dict[int, Tensor],
+        quantized: dict[str, Tensor],
+    ) -> Tensor:
+        """Each run through the inner loss's own chunked backward, into detached copies of the truncated ``reps``;
+        then one backward call pushes all of their gradients (and the distillation's) through the truncation."""
+        truncated_all, grads_all = [], []
+        total = 0.0
+        for dim, weight, precision in runs:
+            truncated = [[truncate(rep, dim) for rep in column] for column in reps]
+            inputs = [[rep.detach().requires_grad_() for rep in column] for column in truncated]
+            leaves = inputs
+            if precision is not None:  # one set of int8 scales per column, as on the other paths
+                inputs = [
+                    list(self._fake_quantize(torch.cat(column), precision).split([len(r) for r in column]))
+                    for column in (inputs if with_backward else truncated)
+                ]
+            elif not with_backward:
+                inputs = truncated
+            if with_backward:
+                value = run(inputs, with_backward=True)
+                for column, leaf_column in zip(truncated, leaves):
+                    for rep, leaf in zip(column, leaf_column):
+                        if leaf.grad is not None:
+                            truncated_all.append(rep)
+                            grads_all.append(leaf.grad * weight)
+            else:
+                value = run(inputs)
+            if precision is None:
+                per_dim[dim] = weight * value
+            else:
+                quantized[f"quant_{precision}_dim_{dim}"] = (weight * value).detach()
+            total = total + weight * value
+        # self-distillation reads every mini-batch's full embeddings at once (the whole batch is the teacher)
+        terms = self._distill([torch.cat(column) for column in reps], active)
+        for dim, term in terms.items():
+            distilled[dim] = term.detach()
+            total = total + term.detach() if with_backward else total + term
+        if with_backward and terms:
+            truncated_all.append(torch.stack(list(terms.values())).sum())
+            grads_all.append(torch.ones((), device=truncated_all[-1].device))
+        if truncated_all:
+            torch.autograd.backward(truncated_all, grads_all)
+        return total.detach() if with_backward else total
 
     # -- sentence-transformers loss contract ---------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:

@@ -358,3 +358,89 @@ def test_shells_under_bf16_autocast_stay_within_the_mixed_precision_bounds(_tiny
     for key, value in values.items():
         assert value == pytest.approx(reference[key], rel=LOSS_RTOL, abs=1e-3), key
     assert relative_gradient_error(grads, reference_grads) < GRAD_RTOL
+
+
+# ------------------------------------------- GradCache losses: every dim in one graph = dim by dim (float32 to 1e-5)
+
+GRADIENT_CACHE = {
+    "CMNRL": (
+        lambda m: st_losses.CachedMultipleNegativesRankingLoss(m, mini_batch_size=4),
+        [ANCHORS, POSITIVES, NEGATIVES],
+    ),
+    "CMNRL-gte": (
+        lambda m: st_losses.CachedMultipleNegativesRankingLoss(
+            m, mini_batch_size=4, directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+        ),
+        [ANCHORS, POSITIVES, NEGATIVES],
+    ),
+    "CMNSRL": (
+        lambda m: st_losses.CachedMultipleNegativesSymmetricRankingLoss(m, mini_batch_size=4),
+        [ANCHORS, POSITIVES],
+    ),
+    "CachedGIST": (
+        lambda m: st_losses.CachedGISTEmbedLoss(m, guide=copy.deepcopy(m), mini_batch_size=4),
+        [ANCHORS, POSITIVES, NEGATIVES],
+    ),
+}
+GRADIENT_CACHE_TERMS = {
+    "plain": {},
+    "recipe": RECIPE_TERMS,
+    "quant": {**RECIPE_TERMS, "quant_weight": 0.5, "quant_precision": ["binary", "int8"]},
+}
+
+
+def _run_gradient_cache(model, case, kwargs, max_bytes, grad=True):
+    factory, columns = GRADIENT_CACHE[case]
+    model = copy.deepcopy(model)
+    model.eval()  # no dropout: both runs see the same network
+    loss = MatryoshkaLoss(model, factory(model), [64, 32, 16], **kwargs)
+    if max_bytes is not None:
+        loss.one_graph_max_bytes = max_bytes
+    with torch.set_grad_enabled(grad):
+        out = loss(features(model, *columns), None)
+    if grad:
+        sum(out.values()).backward()
+    values = {key: float(value.detach()) for key, value in out.items()}
+    grads = {name: p.grad.detach().clone() for name, p in loss.named_parameters() if p.grad is not None}
+    return values, grads, loss.last_gradient_cache_path
+
+
+@pytest.mark.parametrize("terms", sorted(GRADIENT_CACHE_TERMS))
+@pytest.mark.parametrize("case", sorted(GRADIENT_CACHE))
+def test_gradient_cache_in_one_graph_equals_dim_by_dim(_tiny_model, case, terms, monkeypatch, one_torch_thread):
+    kwargs = GRADIENT_CACHE_TERMS[terms]
+    with monkeypatch.context() as patch:
+        counts = _counting(patch)
+        values, grads, path = _run_gradient_cache(_tiny_model, case, kwargs, None)
+    ref_values, ref_grads, ref_path = _run_gradient_cache(_tiny_model, case, kwargs, 0)
+    assert (path, ref_path) == ("one_graph", "per_dim")
+    assert values.keys() == ref_values.keys()
+    for key, value in values.items():
+        absolute = 1e-6 if key.startswith("distill_") else 1e-7
+        assert value == pytest.approx(ref_values[key], rel=1e-5, abs=absolute), key
+    assert all(value > 0 for key, value in values.items() if key.startswith("loss_dim_"))
+    assert relative_gradient_error(grads, ref_grads) < 1e-5
+    if case != "CachedGIST":  # the MNRL family's similarities come from the shells in one graph
+        assert counts["prefix"] >= 1
+
+
+@pytest.mark.parametrize("max_bytes", [None, 0])
+def test_gradient_cache_evaluation_loss_is_the_same_both_ways(_tiny_model, max_bytes):
+    values, _, path = _run_gradient_cache(_tiny_model, "CMNRL", RECIPE_TERMS, max_bytes, grad=False)
+    reference, _, _ = _run_gradient_cache(_tiny_model, "CMNRL", RECIPE_TERMS, 0)
+    assert path == ("per_dim" if max_bytes == 0 else "one_graph")
+    assert values == pytest.approx(reference, rel=1e-5, abs=1e-6)
+
+
+def test_gradient_cache_takes_one_graph_while_its_estimate_fits(_tiny_model):
+    model = copy.deepcopy(_tiny_model)
+    loss = MatryoshkaLoss(model, st_losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=4), [64, 32])
+    reps = [[torch.zeros(4, 64), torch.zeros(2, 64)], [torch.zeros(6, 64)], [torch.zeros(6, 64)]]
+    # four float32 (6 anchors, 12 candidates) matrices per run and direction: 2 runs, 1 direction
+    assert loss._one_graph_bytes(reps, 2) == 16 * 2 * 6 * 12
+    batch = features(model, ANCHORS, POSITIVES, NEGATIVES)
+    estimate = loss._one_graph_bytes([[torch.zeros(len(ANCHORS), 1)]] * 3, 2)
+    for max_bytes, path in ((estimate, "one_graph"), (estimate - 1, "per_dim")):
+        loss.one_graph_max_bytes = max_bytes
+        sum(loss([dict(f) for f in batch], None).values()).backward()
+        assert loss.last_gradient_cache_path == path

@@ -1,7 +1,8 @@
 """Two CPU processes (gloo) with ``gather_across_devices=True`` equal one process on the concatenated batch.
 
 ``MatryoshkaLoss`` around ``MultipleNegativesRankingLoss`` (embeddings path, shell similarities shared with the
-distillation) and ``CachedMultipleNegativesRankingLoss`` (GradCache path) with the default recipe's loss terms
+distillation) and ``CachedMultipleNegativesRankingLoss`` (GradCache path, both ways: every dim in one graph, and dim
+by dim through the inner loss's chunked backward) with the default recipe's loss terms
 (self-distillation, the full dim's share): the processes' losses averaged, and their gradients averaged as DDP does,
 equal the single process's loss and gradients to 1e-5.
 """
@@ -23,6 +24,9 @@ WORLD = 2
 CASES = {
     "MNRL": lambda m: st_losses.MultipleNegativesRankingLoss(m, gather_across_devices=True),
     "CMNRL": lambda m: st_losses.CachedMultipleNegativesRankingLoss(m, mini_batch_size=2, gather_across_devices=True),
+    "CMNRL dim by dim": lambda m: st_losses.CachedMultipleNegativesRankingLoss(
+        m, mini_batch_size=2, gather_across_devices=True
+    ),
 }
 
 
@@ -32,8 +36,12 @@ def _step(model_dir: str, case: str, rows: slice) -> tuple[dict[str, torch.Tenso
     model = SentenceTransformer(model_dir, device="cpu")
     model.eval()  # no dropout: every process runs the same network
     loss = MatryoshkaLoss(model, CASES[case](model), [64, 32, 16], **get_recipe(DEFAULT_RECIPE).loss_kwargs())
+    if case == "CMNRL dim by dim":
+        loss.one_graph_max_bytes = 0
     batch = [model.preprocess(column[rows]) for column in (ANCHORS, POSITIVES, NEGATIVES)]
     out = loss(batch, None)
+    if case.startswith("CMNRL"):
+        assert loss.last_gradient_cache_path == ("per_dim" if case == "CMNRL dim by dim" else "one_graph")
     sum(out.values()).backward()
     values = {key: value.detach().clone() for key, value in out.items()}
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
