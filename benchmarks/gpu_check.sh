@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU check (issue 16): the `gpu` tests, the loss overhead on the device in bf16 (ours vs reference vs plain, MNRL and
-# CachedMNRL), and a bf16 training of a recipe on every shared pair (one epoch; batch 105 makes it ~2,000 steps) with
-# its quality-by-dim table. About 5 minutes on one H100/H200. Results go under --out.
+# GPU check (issue 16): the `gpu` tests, the loss overhead on the device in bf16 (ours vs reference vs plain, MNRL,
+# CachedMNRL, CoSENT, GIST; then the loss work alone, with the transformer's layers removed), and a bf16 training of
+# a recipe on every shared pair (one epoch; batch 105 makes it ~2,000 steps) with its quality-by-dim table.
+# About 5 minutes on one H100/H200. Results go under --out.
 #
 #   bash benchmarks/gpu_check.sh --data ../shared/data --out benchmarks/results/gpu_check
 #   bash benchmarks/gpu_check.sh --variants "pca-share-kl reference plain"   # several recipes side by side
@@ -56,6 +57,9 @@ if [[ $SKIP_OVERHEAD == 0 ]]; then
   echo "== loss overhead, bf16, on the device"
   python3 benchmarks/loss_overhead.py "${MODEL_ARGS[@]}" --device "$DEVICE" --bf16 --batch-size 64 --gist "${ROUNDS[@]}" \
     2>&1 | grep -v Warning | tee "$OUT/loss_overhead.txt" || status=1
+  echo "== loss work alone (the transformer's layers removed), bf16, on the device: shells against before them"
+  python3 benchmarks/loss_overhead.py "${MODEL_ARGS[@]}" --device "$DEVICE" --bf16 --batch-size 64 --gist --shells-off \
+    --encoder embeddings "${ROUNDS[@]}" 2>&1 | grep -v Warning | tee "$OUT/loss_overhead_embeddings.txt" || status=1
 fi
 
 if [[ $SKIP_TESTS == 0 ]]; then
