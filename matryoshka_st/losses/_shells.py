@@ -42,12 +42,18 @@ def _prefix_norms(x: Tensor, dims: Sequence[int], eps: float = _EPS) -> Tensor:
     return x.square().cumsum(-1).index_select(-1, index).sqrt().clamp_min(eps)
 
 
+def _prefix(x: Tensor, dim: int) -> Tensor:
+    return x if x.shape[-1] == dim else x[..., :dim]
+
+
 def prefix_cosines(queries: Tensor, candidates: Tensor, dims: Sequence[int], eps: float = _EPS) -> dict[int, Tensor]:
     """``{d: cos(queries[:, :d], candidates[:, :d])}`` ``(R, C)`` for every ``d`` in ``dims``, in float32.
 
     Equal to ``cos_sim`` on the prefixes (float32 to ~1e-7), computed shell by shell: one matmul per shell, whose
     widths add up to the largest dim, and all prefix norms from one cumulative sum of squares per side. Each norm is
-    at least ``eps``: ``cos_sim``'s ``1e-12`` by default, ``nn.CosineSimilarity``'s own ``eps`` for GIST.
+    at least ``eps``: ``cos_sim``'s ``1e-12`` by default, ``nn.CosineSimilarity``'s own ``eps`` for GIST. The shells
+    are one ``split`` and the norms one ``unbind`` per side, so the backward pass gathers each side's gradient in one
+    operation instead of one per dim (``benchmarks/loss_launches.py`` counts them).
 
     Example:
         >>> a, b = torch.randn(4, 64), torch.randn(6, 64)
@@ -56,15 +62,17 @@ def prefix_cosines(queries: Tensor, candidates: Tensor, dims: Sequence[int], eps
         True
     """
     order = sorted(set(dims))
+    widths = [order[0]] + [high - low for low, high in zip(order, order[1:])]
     with torch.autocast(queries.device.type, enabled=False):
-        queries, candidates = _float32(queries[:, : order[-1]]), _float32(candidates[:, : order[-1]])
-        query_norms, candidate_norms = _prefix_norms(queries, order, eps), _prefix_norms(candidates, order, eps)
-        cosines, dots, previous = {}, None, 0
+        queries, candidates = _float32(_prefix(queries, order[-1])), _float32(_prefix(candidates, order[-1]))
+        query_scales = _prefix_norms(queries, order, eps).reciprocal().unbind(-1)
+        candidate_scales = _prefix_norms(candidates, order, eps).reciprocal().unbind(-1)
+        query_shells, candidate_shells = queries.split(widths, dim=-1), candidates.split(widths, dim=-1)
+        cosines, dots = {}, None
         for k, dim in enumerate(order):
-            shell = queries[:, previous:dim] @ candidates[:, previous:dim].T  # (R, C)
+            shell = query_shells[k] @ candidate_shells[k].T  # (R, C)
             dots = shell if dots is None else dots + shell
-            cosines[dim] = dots / (query_norms[:, k, None] * candidate_norms[None, :, k])
-            previous = dim
+            cosines[dim] = dots * torch.outer(query_scales[k], candidate_scales[k])
     return cosines
 
 
@@ -74,10 +82,10 @@ def prefix_pairwise_cosines(a: Tensor, b: Tensor, dims: Sequence[int], eps: floa
     order = sorted(set(dims))
     index = torch.tensor([d - 1 for d in order], device=a.device)
     with torch.autocast(a.device.type, enabled=False):
-        a, b = _float32(a[:, : order[-1]]), _float32(b[:, : order[-1]])
+        a, b = _float32(_prefix(a, order[-1])), _float32(_prefix(b, order[-1]))
         dots = (a * b).cumsum(-1).index_select(-1, index)  # (N, K)
         values = dots / (_prefix_norms(a, order, eps) * _prefix_norms(b, order, eps))
-    return {dim: values[:, k] for k, dim in enumerate(order)}
+    return dict(zip(order, values.unbind(-1)))
 
 
 def shell_kind(similarity_fct: object) -> ShellKind | None:
