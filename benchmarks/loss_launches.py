@@ -19,9 +19,8 @@ import argparse
 import collections
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from loss_overhead import DIMS, KINDS, load_batches, load_model, make_variants
+from torch.utils._python_dispatch import TorchDispatchMode
 
 _NO_KERNEL = {"aten.empty.memory_format", "aten.empty_strided.default", "aten.empty_like.default"}
 
