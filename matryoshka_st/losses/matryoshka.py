@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from matryoshka_st.dims import full_embedding_dim, truncate, validate_dims
 from matryoshka_st.losses._replay import CachedForward, NoHelper, RepeatedForward, patched
-from matryoshka_st.losses._shells import ShellSimilarity, shell_target
+from matryoshka_st.losses._shells import ShellSimilarity, reads_only_cosines, shell_target
 from matryoshka_st.losses.distill import distillation_from_cosines, similarity_distillation
 from matryoshka_st.losses.heads import HEAD_MODES, HeadMode, MatryoshkaHeads
 from matryoshka_st.losses.paths import computes_from_embeddings
@@ -265,11 +265,14 @@ class MatryoshkaLoss(nn.Module):
         elif self.heads is None and computes_from_embeddings(type(self.loss)):
             embeddings = embed_columns(self.model, sentence_features)  # one (B, D) tensor per column
             losses = {}
+            scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity_fct
             with self._shells(active) as shells:
+                # served shell by shell to a loss that reads only cosines, a prefix needs no renormalising
+                raw = shells is not None and scale_free
                 for dim, weight in active:
                     if shells is not None:
                         shells.start(dim)
-                    truncated = [truncate(embedding, dim) for embedding in embeddings]
+                    truncated = [embedding[:, :dim] if raw else truncate(embedding, dim) for embedding in embeddings]
                     losses[dim] = weight * self.loss.compute_loss_from_embeddings(
                         truncated, self._dim_labels(labels, dim)
                     )

@@ -19,9 +19,11 @@ import matryoshka_st.losses.matryoshka as matryoshka_module
 from matryoshka_st import MatryoshkaLoss
 from matryoshka_st.dims import truncate
 from matryoshka_st.losses._shells import (
+    SCALE_FREE_LOSSES,
     ShellSimilarity,
     prefix_cosines,
     prefix_pairwise_cosines,
+    reads_only_cosines,
     shell_target,
     similarity_owner,
 )
@@ -444,3 +446,41 @@ def test_gradient_cache_takes_one_graph_while_its_estimate_fits(_tiny_model):
         loss.one_graph_max_bytes = max_bytes
         sum(loss([dict(f) for f in batch], None).values()).backward()
         assert loss.last_gradient_cache_path == path
+
+
+# ------------------------------------------------ losses that read only cosines: prefixes are not renormalised
+
+SCALE_FREE_CASES = {
+    "MNRL": lambda m: st_losses.MultipleNegativesRankingLoss(m),
+    "MNRL-gte": lambda m: st_losses.MultipleNegativesRankingLoss(
+        m, directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+    ),
+    "MNRL-hardness": lambda m: st_losses.MultipleNegativesRankingLoss(
+        m, hardness_mode="in_batch_negatives", hardness_strength=3.0
+    ),
+    "MNSRL": lambda m: st_losses.MultipleNegativesSymmetricRankingLoss(m),
+    "CoSENT": lambda m: st_losses.CoSENTLoss(m),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCALE_FREE_CASES))
+def test_scale_free_losses_give_the_same_loss_whatever_each_rows_length(_tiny_model, case):
+    """The contract behind SCALE_FREE_LOSSES: their loss on embeddings is their loss on the rows rescaled, so the
+    adapter may hand them unnormalised prefixes."""
+    loss = SCALE_FREE_CASES[case](_tiny_model)
+    assert reads_only_cosines(loss) and type(loss) in SCALE_FREE_LOSSES
+    generator = torch.Generator().manual_seed(7)
+    columns = [torch.randn(6, 32, generator=generator) for _ in range(2 if case == "CoSENT" else 3)]
+    rescaled = [column * (0.05 + 5 * torch.rand(6, 1, generator=generator)) for column in columns]
+    labels = torch.rand(6, generator=generator) if case == "CoSENT" else None
+    value = loss.compute_loss_from_embeddings(columns, labels)
+    assert float(loss.compute_loss_from_embeddings(rescaled, labels)) == pytest.approx(float(value), rel=1e-5)
+
+
+def test_other_losses_and_similarities_are_not_scale_free(_tiny_model):
+    class WithNormPenalty(st_losses.MultipleNegativesRankingLoss):
+        pass  # a subclass may read the embeddings otherwise: only the exact classes count
+
+    assert not reads_only_cosines(WithNormPenalty(_tiny_model))
+    assert not reads_only_cosines(st_losses.MultipleNegativesRankingLoss(_tiny_model, similarity_fct=dot_score))
+    assert not reads_only_cosines(st_losses.CosineSimilarityLoss(_tiny_model))  # its MSE reads the cosines' values
