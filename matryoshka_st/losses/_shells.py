@@ -89,14 +89,16 @@ def prefix_pairwise_cosines(a: Tensor, b: Tensor, dims: Sequence[int], eps: floa
     return dict(zip(order, values.unbind(-1)))
 
 
-# Losses whose compute_loss_from_embeddings reads the embeddings only through their similarity_fct: with a cosine
-# there, a prefix needs no renormalising before it (the cosine ignores each row's length), which saves the truncation's
-# norm and division per column and dim. Exact classes (a subclass may read the embeddings otherwise);
-# tests/losses/test_shells.py checks that scaling each row leaves their loss unchanged.
+# Losses whose compute_loss_from_embeddings (calculate_loss for the Cached ones) reads the embeddings only through
+# their similarity_fct: with a cosine there, a prefix needs no renormalising before it (the cosine ignores each row's
+# length), which saves the truncation's norm and division per column and dim. Exact classes (a subclass may read the
+# embeddings otherwise); tests/losses/test_shells.py checks that scaling each row leaves their loss unchanged.
 SCALE_FREE_LOSSES = frozenset(
     {
         losses.MultipleNegativesRankingLoss,
         losses.MultipleNegativesSymmetricRankingLoss,
+        losses.CachedMultipleNegativesRankingLoss,
+        losses.CachedMultipleNegativesSymmetricRankingLoss,
         losses.CoSENTLoss,
     }
 )
@@ -105,7 +107,7 @@ SCALE_FREE_LOSSES = frozenset(
 def reads_only_cosines(loss: object) -> bool:
     """Whether ``loss`` is one of :data:`SCALE_FREE_LOSSES` with a cosine :func:`shell_kind` knows: its loss on
     prefixes is the same whether or not they are renormalised."""
-    return type(loss) in SCALE_FREE_LOSSES and shell_kind(vars(loss).get("similarity_fct")) is not None
+    return type(loss) in SCALE_FREE_LOSSES and similarity_owner(loss) is not None
 
 
 def shell_kind(similarity_fct: object) -> ShellKind | None:

@@ -497,11 +497,14 @@ class MatryoshkaLoss(nn.Module):
         """Every run on the truncated ``reps`` in one graph (the first dim computes every dim's similarities shell
         by shell, :class:`ShellSimilarity`), the distillation reusing them, and one backward into ``reps``."""
         total = 0.0
+        scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity_fct
         with self._shells(active) as shells:
+            raw = shells is not None and scale_free  # then a prefix needs no renormalising
             for dim, weight in active:
                 if shells is not None:
                     shells.start(dim)
-                per_dim[dim] = weight * run([[truncate(rep, dim) for rep in column] for column in reps])
+                prefixes = [[rep[:, :dim] if raw else truncate(rep, dim) for rep in column] for column in reps]
+                per_dim[dim] = weight * run(prefixes)
                 total = total + per_dim[dim]
         for dim, factor, precision in runs[len(active) :]:
             # one set of int8 scales per column, as on the other paths
