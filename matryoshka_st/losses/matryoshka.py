@@ -11,6 +11,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -454,13 +455,12 @@ class MatryoshkaLoss(nn.Module):
             def run(inputs: list[list[Tensor]], **backward: bool) -> Tensor:
                 return calculate_loss(inputs, *args, **kwargs, **backward)
 
+            step = _GradientCacheStep(run, reps, active, runs, with_backward, per_dim, distilled, quantized)
             if self._one_graph_bytes(reps, len(runs)) <= self.one_graph_max_bytes:
                 self.last_gradient_cache_path = "one_graph"
-                return self._gradient_cache_one_graph(
-                    run, reps, active, runs, with_backward, per_dim, distilled, quantized
-                )
+                return self._gradient_cache_one_graph(step)
             self.last_gradient_cache_path = "per_dim"
-            return self._gradient_cache_per_dim(run, reps, active, runs, with_backward, per_dim, distilled, quantized)
+            return self._gradient_cache_per_dim(step)
 
         with patched(self.loss, "calculate_loss", matryoshka_calculate_loss):
             total = self.loss(sentence_features, labels)
@@ -483,19 +483,11 @@ class MatryoshkaLoss(nn.Module):
         directions = max(len(tuple(getattr(self.loss, "directions", ()))), 1)
         return 16 * n_runs * directions * anchors * candidates
 
-    def _gradient_cache_one_graph(
-        self,
-        run: Callable[..., Tensor],
-        reps: list[list[Tensor]],
-        active: list[tuple[int, float]],
-        runs: list[tuple[int, float, str | None]],
-        with_backward: bool,
-        per_dim: dict[int, Tensor],
-        distilled: dict[int, Tensor],
-        quantized: dict[str, Tensor],
-    ) -> Tensor:
+    def _gradient_cache_one_graph(self, step: _GradientCacheStep) -> Tensor:
         """Every run on the truncated ``reps`` in one graph (the first dim computes every dim's similarities shell
         by shell, :class:`ShellSimilarity`), the distillation reusing them, and one backward into ``reps``."""
+        run, reps, active, runs = step.run, step.reps, step.active, step.runs
+        per_dim, distilled, quantized = step.per_dim, step.distilled, step.quantized
         total = 0.0
         scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity_fct
         with self._shells(active) as shells:
@@ -520,26 +512,18 @@ class MatryoshkaLoss(nn.Module):
         for dim, term in terms.items():
             distilled[dim] = term.detach()
             total = total + term
-        if not with_backward:
+        if not step.with_backward:
             return total
         total.backward()
         for dim in per_dim:
             per_dim[dim] = per_dim[dim].detach()
         return total.detach()
 
-    def _gradient_cache_per_dim(
-        self,
-        run: Callable[..., Tensor],
-        reps: list[list[Tensor]],
-        active: list[tuple[int, float]],
-        runs: list[tuple[int, float, str | None]],
-        with_backward: bool,
-        per_dim: dict[int, Tensor],
-        distilled: dict[int, Tensor],
-        quantized: dict[str, Tensor],
-    ) -> Tensor:
+    def _gradient_cache_per_dim(self, step: _GradientCacheStep) -> Tensor:
         """Each run through the inner loss's own chunked backward, into detached copies of the truncated ``reps``;
         then one backward call pushes all of their gradients (and the distillation's) through the truncation."""
+        run, reps, active, runs = step.run, step.reps, step.active, step.runs
+        per_dim, distilled, quantized = step.per_dim, step.distilled, step.quantized
         truncated_all, grads_all = [], []
         total = 0.0
         for dim, weight, precision in runs:
@@ -549,11 +533,11 @@ class MatryoshkaLoss(nn.Module):
             if precision is not None:  # one set of int8 scales per column, as on the other paths
                 inputs = [
                     list(self._fake_quantize(torch.cat(column), precision).split([len(r) for r in column]))
-                    for column in (inputs if with_backward else truncated)
+                    for column in (inputs if step.with_backward else truncated)
                 ]
-            elif not with_backward:
+            elif not step.with_backward:
                 inputs = truncated
-            if with_backward:
+            if step.with_backward:
                 value = run(inputs, with_backward=True)
                 for column, leaf_column in zip(truncated, leaves):
                     for rep, leaf in zip(column, leaf_column):
@@ -571,13 +555,13 @@ class MatryoshkaLoss(nn.Module):
         terms = self._distill([torch.cat(column) for column in reps], active)
         for dim, term in terms.items():
             distilled[dim] = term.detach()
-            total = total + term.detach() if with_backward else total + term
-        if with_backward and terms:
+            total = total + term.detach() if step.with_backward else total + term
+        if step.with_backward and terms:
             truncated_all.append(torch.stack(list(terms.values())).sum())
             grads_all.append(torch.ones((), device=truncated_all[-1].device))
         if truncated_all:
             torch.autograd.backward(truncated_all, grads_all)
-        return total.detach() if with_backward else total
+        return total.detach() if step.with_backward else total
 
     # -- sentence-transformers loss contract ---------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:
@@ -632,6 +616,21 @@ class MatryoshkaLoss(nn.Module):
     primaryClass={cs.LG}
 }
 """
+
+
+@dataclass
+class _GradientCacheStep:
+    """What both ways of a GradCache step read (the inner loss's ``calculate_loss`` with this call's arguments, the
+    mini-batch embeddings, the active dims and every run) and fill (the per-dim, distillation and quantized terms)."""
+
+    run: Callable[..., Tensor]
+    reps: list[list[Tensor]]
+    active: list[tuple[int, float]]
+    runs: list[tuple[int, float, str | None]]
+    with_backward: bool
+    per_dim: dict[int, Tensor]
+    distilled: dict[int, Tensor]
+    quantized: dict[str, Tensor]
 
 
 def _gathers(loss: nn.Module) -> bool:
