@@ -3,8 +3,8 @@
 Median step time (forward + backward) of each inner loss on its own (plain), inside sentence-transformers' own
 MatryoshkaLoss (the reference), inside ours, and inside ours with the default recipe's loss terms (self-distillation,
 the full dim's share); for MNRL also a naive adapter that re-encodes the batch once per dim. Inner losses: MNRL,
-CachedMNRL and CoSENT (random scores as labels), and with ``--gist`` GISTEmbedLoss guided by a frozen copy of the
-model (the guide's forward pass is in every GIST variant alike). Variants are interleaved (one step of each, in a rotating order, per
+CachedMNRL and CoSENT (random scores as labels), and with ``--gist`` GISTEmbedLoss and CachedGISTEmbedLoss guided by
+a frozen copy of the model (the guide's forward pass is in every GIST variant alike). Variants are interleaved (one step of each, in a rotating order, per
 round) on the same batches, so machine noise hits them alike; ratios are to the plain inner loss, per round and
 paired. Every device runs in the same invocation and the table puts them side by side: the CPU in float32 and, where
 one is available, the GPU under bf16 autocast.
@@ -111,6 +111,9 @@ def make_variants(model: SentenceTransformer, args: argparse.Namespace) -> dict[
     if args.gist:
         guide = load_model(args, model.device).eval().requires_grad_(False)
         factories["GIST"] = lambda model, args: st_losses.GISTEmbedLoss(model, guide)
+        factories["CachedGIST"] = lambda model, args: st_losses.CachedGISTEmbedLoss(
+            model, guide, mini_batch_size=args.mini_batch_size
+        )
     variants = {}
     for name, factory in factories.items():
         variants[name, "plain"] = factory(model, args)

@@ -24,7 +24,6 @@ from typing import Literal
 
 import torch
 from sentence_transformers.sentence_transformer import losses
-from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss
 from sentence_transformers.util import cos_sim, pairwise_cos_sim
 from torch import Tensor, nn
 
@@ -100,6 +99,7 @@ SCALE_FREE_LOSSES = frozenset(
         losses.CachedMultipleNegativesRankingLoss,
         losses.CachedMultipleNegativesSymmetricRankingLoss,
         losses.CoSENTLoss,
+        losses.CachedGISTEmbedLoss,  # the model's reps (its guide's are not truncated)
     }
 )
 
@@ -107,7 +107,7 @@ SCALE_FREE_LOSSES = frozenset(
 def reads_only_cosines(loss: object) -> bool:
     """Whether ``loss`` is one of :data:`SCALE_FREE_LOSSES` with a cosine :func:`shell_kind` knows: its loss on
     prefixes is the same whether or not they are renormalised."""
-    return type(loss) in SCALE_FREE_LOSSES and similarity_owner(loss) is not None
+    return type(loss) in SCALE_FREE_LOSSES and shell_target(loss) is not None
 
 
 def shell_kind(similarity_fct: object) -> ShellKind | None:
@@ -135,10 +135,14 @@ def similarity_owner(loss: object) -> object | None:
     return None
 
 
+_COSINE_SIM_MATRICES = (losses.GISTEmbedLoss.sim_matrix, losses.CachedGISTEmbedLoss.sim_matrix)
+
+
 def cosine_sim_matrix(loss: object) -> nn.CosineSimilarity | None:
-    """The ``nn.CosineSimilarity(dim=-1)`` of a loss whose ``sim_matrix`` is ``GISTEmbedLoss``'s (``similarity_fct``
-    on ``(R, 1, D)`` and ``(1, C, D)``: the ``(R, C)`` cosine matrix), else ``None``."""
-    if getattr(type(loss), "sim_matrix", None) is not GISTEmbedLoss.sim_matrix or "sim_matrix" in vars(loss):
+    """The ``nn.CosineSimilarity(dim=-1)`` of a loss whose ``sim_matrix`` is ``GISTEmbedLoss``'s or
+    ``CachedGISTEmbedLoss``'s (``similarity_fct`` on ``(R, 1, D)`` and ``(1, C, D)``: the ``(R, C)`` cosine matrix),
+    else ``None``."""
+    if getattr(type(loss), "sim_matrix", None) not in _COSINE_SIM_MATRICES or "sim_matrix" in vars(loss):
         return None
     function = getattr(loss, "similarity_fct", None)
     return function if type(function) is nn.CosineSimilarity and function.dim in (-1, 2) else None
@@ -257,12 +261,12 @@ class ShellSimilarity:
             call = _Call()
             self.calls.append(call)
             if self._constant(a, b):
-                output = self._compute(a, b, [a.shape[-1]]).popitem()[1] if two_d else self.similarity_fct(a, b)
+                output = self._direct(a, b, two_d)
                 call.inputs, call.output = (a, b), output
                 call.versions = (a._version, b._version, output._version)
                 return output
             if not (two_d and a.shape[-1] == self.dim):
-                return self.similarity_fct(a, b)
+                return self._direct(a, b, two_d)
             values = self._compute(a, b, [d for d in self.dims if d <= self.dim])
             if index == 0:
                 self.first = dict(values)
@@ -279,4 +283,11 @@ class ShellSimilarity:
         usable = two_d and a.shape[-1] == self.dim
         if usable and values is not None and self.dim in values and values[self.dim].shape == shape:
             return values.pop(self.dim)
+        return self._direct(a, b, two_d)
+
+    def _direct(self, a: Tensor, b: Tensor, two_d: bool) -> Tensor:
+        """A call not served from the first dim's, computed at its own width: as a matrix product for 2-D inputs
+        (a cosine matrix needs no ``(R, C, D)`` broadcast product), else by the loss's own function."""
+        if two_d and (self.kind == "matrix" or a.shape[0] == b.shape[0]):
+            return self._compute(a, b, [a.shape[-1]]).popitem()[1]
         return self.similarity_fct(a, b)

@@ -474,13 +474,16 @@ class MatryoshkaLoss(nn.Module):
 
     def _one_graph_bytes(self, reps: list[list[Tensor]], n_runs: int) -> int:
         """An upper estimate of the loss-side autograd memory of all runs at once: four float32 ``(B, C)`` score
-        matrices per run and similarity direction (scores, shell sums, the softmax's input and output), ``B`` this
-        process's anchors, ``C`` the candidates of every process. Measured on CMNRL, the saved tensors come to about
+        matrices per run and similarity direction (scores, shell sums, the softmax's input and output; GIST's guide
+        matrices are no larger), ``B`` this process's anchors, ``C`` the candidates of every process. Measured on CMNRL, the saved tensors come to about
         3.5 of them."""
         anchors = sum(len(rep) for rep in reps[0])
         world = torch.distributed.get_world_size() if _gathers(self.loss) else 1
         candidates = world * sum(len(rep) for column in reps[1:] for rep in column) or anchors
-        directions = max(len(tuple(getattr(self.loss, "directions", ()))), 1)
+        # MNRL's directions, or GIST's anchor-candidate, anchor-anchor and positive-positive matrices
+        directions = len(tuple(getattr(self.loss, "directions", ()))) or 1 + sum(
+            bool(getattr(self.loss, name, False)) for name in ("contrast_anchors", "contrast_positives")
+        )
         return 16 * n_runs * directions * anchors * candidates
 
     def _gradient_cache_one_graph(self, step: _GradientCacheStep) -> Tensor:
