@@ -35,6 +35,10 @@ CASES = {
     "MNRL": (lambda m: st_losses.MultipleNegativesRankingLoss(m), [ANCHORS, POSITIVES, NEGATIVES]),
     "CMNRL": (lambda m: st_losses.CachedMultipleNegativesRankingLoss(m, mini_batch_size=4), [ANCHORS, POSITIVES]),
     "GIST": (lambda m: st_losses.GISTEmbedLoss(m, guide=copy.deepcopy(m)), [ANCHORS, POSITIVES]),
+    "CachedGIST": (
+        lambda m: st_losses.CachedGISTEmbedLoss(m, guide=copy.deepcopy(m), mini_batch_size=4),
+        [ANCHORS, POSITIVES],
+    ),
 }
 
 
@@ -53,7 +57,8 @@ def test_ours_adds_at_most_two_thirds_of_the_references_operations(_tiny_model, 
     reference = _operations(st_losses.MatryoshkaLoss(model, factory(model), DIMS), batch) - plain
     ours = _operations(MatryoshkaLoss(model, factory(model), DIMS), batch) - plain
     recipe = _operations(MatryoshkaLoss(model, factory(model), DIMS, distill_weight=1.0, full_dim_share=0.4), batch)
-    # measured on torch 2.13: MNRL ours 0.55 of the reference's, CMNRL 0.55, GIST 0.24 (its guide once per step)
+    # measured on torch 2.13 (5 dims, bundled model): MNRL 0.40 of the reference's, CachedMNRL 0.41, GIST 0.23
+    # (its guide once per step), CachedGIST 0.60
     assert 0 < ours <= 2 / 3 * reference, (ours, reference)
     if case == "MNRL":  # its distillation reuses the inner loss's similarities; the others compute their own
         # the term for every dim at once, stacked: a few dozen operations in all (one KL per dim took about 20 each)
