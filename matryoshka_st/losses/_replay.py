@@ -44,11 +44,14 @@ class CachedForward:
         self.index = 0
         self.dim: int | None = None
         self.transform: Callable[[Tensor], Tensor] | None = None
+        self.renormalise = True
 
-    def start(self, dim: int, transform: Callable[[Tensor], Tensor] | None = None) -> None:
-        """Begin the pass at ``dim``; ``transform`` is applied to each truncated embedding (e.g. fake quantization)."""
+    def start(self, dim: int, transform: Callable[[Tensor], Tensor] | None = None, renormalise: bool = True) -> None:
+        """Begin the pass at ``dim``; ``transform`` is applied to each truncated embedding (e.g. fake quantization).
+        ``renormalise=False`` hands out the prefix as it is, for a loss that reads it only through cosines."""
         self.dim = dim
         self.transform = transform
+        self.renormalise = renormalise
         self.index = 0
         self.recording = not self.outputs
 
@@ -67,7 +70,7 @@ class CachedForward:
         embedding = self.full[self.index] if not self.recording else output["sentence_embedding"]
         self.index += 1
         # A shallow copy: the inner loss may write into the dict, and every dim must start from the full embedding.
-        truncated = truncate(embedding, self.dim)
+        truncated = truncate(embedding, self.dim) if self.renormalise else embedding[..., : self.dim]
         return {**output, "sentence_embedding": truncated if self.transform is None else self.transform(truncated)}
 
 

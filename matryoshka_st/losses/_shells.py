@@ -88,8 +88,8 @@ def prefix_pairwise_cosines(a: Tensor, b: Tensor, dims: Sequence[int], eps: floa
     return dict(zip(order, values.unbind(-1)))
 
 
-# Losses whose compute_loss_from_embeddings (calculate_loss for the Cached ones) reads the embeddings only through
-# their similarity_fct: with a cosine there, a prefix needs no renormalising before it (the cosine ignores each row's
+# Losses that read the embeddings only through their similarity_fct (GIST's sim_matrix) in compute_loss_from_embeddings,
+# calculate_loss for the Cached ones and forward for GIST: with a cosine there, a prefix needs no renormalising before it (the cosine ignores each row's
 # length), which saves the truncation's norm and division per column and dim. Exact classes (a subclass may read the
 # embeddings otherwise); tests/losses/test_shells.py checks that scaling each row leaves their loss unchanged.
 SCALE_FREE_LOSSES = frozenset(
@@ -99,7 +99,8 @@ SCALE_FREE_LOSSES = frozenset(
         losses.CachedMultipleNegativesRankingLoss,
         losses.CachedMultipleNegativesSymmetricRankingLoss,
         losses.CoSENTLoss,
-        losses.CachedGISTEmbedLoss,  # the model's reps (its guide's are not truncated)
+        losses.GISTEmbedLoss,  # the model's embeddings (its guide's are not truncated)
+        losses.CachedGISTEmbedLoss,
     }
 )
 

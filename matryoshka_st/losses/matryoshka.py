@@ -386,12 +386,13 @@ class MatryoshkaLoss(nn.Module):
         full-size embeddings the encoder produced (one per call) and the shell similarities, if they served."""
         cached = CachedForward(self.model.forward)
         losses = {}
+        scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity
         with patched(self.model, "forward", cached), self._helpers_once() as helpers:
             with self._shells(active) as shells:
                 for dim, weight in active:
                     if shells is not None:
                         shells.start(dim)
-                    cached.start(dim)
+                    cached.start(dim, renormalise=not (shells is not None and scale_free))
                     helpers.start()
                     with self._head(dim):
                         losses[dim] = weight * self.loss(sentence_features, self._dim_labels(labels, dim))

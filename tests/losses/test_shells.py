@@ -495,3 +495,28 @@ def test_other_losses_and_similarities_are_not_scale_free(_tiny_model):
     assert not reads_only_cosines(WithNormPenalty(_tiny_model))
     assert not reads_only_cosines(st_losses.MultipleNegativesRankingLoss(_tiny_model, similarity_fct=dot_score))
     assert not reads_only_cosines(st_losses.CosineSimilarityLoss(_tiny_model))  # its MSE reads the cosines' values
+
+
+class _RowScale(nn.Module):
+    """Multiplies each row of the sentence embedding by a fixed positive factor (by its position in the batch)."""
+
+    def forward(self, features):
+        embedding = features["sentence_embedding"]
+        factors = 0.05 + 5 * torch.rand(len(embedding), 1, generator=torch.Generator().manual_seed(len(embedding)))
+        return {**features, "sentence_embedding": embedding * factors}
+
+
+def test_gist_gives_the_same_loss_whatever_each_rows_length(_tiny_model):
+    """The contract behind GIST in SCALE_FREE_LOSSES, through its forward: the model's rows rescaled (the guide's as
+    they are) give the same loss, so the replay path may hand it unnormalised prefixes."""
+    model = copy.deepcopy(_tiny_model).eval()
+    guide = copy.deepcopy(model)
+    loss = st_losses.GISTEmbedLoss(model, guide=guide)
+    assert reads_only_cosines(loss)
+    batch = features(model, ANCHORS, POSITIVES, NEGATIVES)
+    value = loss([dict(f) for f in batch], None)
+    model.append(_RowScale())
+    norms = model(dict(batch[0]))["sentence_embedding"].norm(dim=-1)
+    assert not torch.allclose(norms, torch.ones_like(norms), atol=0.1)  # the rows are rescaled
+    rescaled = loss([dict(f) for f in batch], None)
+    assert float(rescaled) == pytest.approx(float(value), rel=1e-5)
