@@ -307,8 +307,11 @@ def main() -> None:
             if key not in ratio:  # left out with --only
                 continue
             value = ratio[key]
+            verdict = "met" if value <= target else "MISSED"
+            # the paired statistic (each round's ratio on the same batch) beside it: it cancels the machine's drift
             print(
-                f"{run['label']}: {name} = {value:.3f} (target <= {target}): {'met' if value <= target else 'MISSED'}"
+                f"{run['label']}: {name} = {value:.3f} (target <= {target}): {verdict}; "
+                f"paired {run['paired'][key]:.3f}"
             )
         for inner in inners:
             print(
