@@ -88,10 +88,11 @@ def prefix_pairwise_cosines(a: Tensor, b: Tensor, dims: Sequence[int], eps: floa
     return dict(zip(order, values.unbind(-1)))
 
 
-# Losses that read the embeddings only through their similarity_fct (GIST's sim_matrix) in compute_loss_from_embeddings,
-# calculate_loss for the Cached ones and forward for GIST: with a cosine there, a prefix needs no renormalising before it (the cosine ignores each row's
-# length), which saves the truncation's norm and division per column and dim. Exact classes (a subclass may read the
-# embeddings otherwise); tests/losses/test_shells.py checks that scaling each row leaves their loss unchanged.
+# Losses that read the embeddings only through their similarity_fct (GIST's sim_matrix), in
+# compute_loss_from_embeddings, calculate_loss for the Cached ones and forward for GIST: with a cosine there, a prefix
+# needs no renormalising before it (the cosine ignores each row's length), which saves the truncation's norm and
+# division per column and dim. Exact classes (a subclass may read the embeddings otherwise);
+# tests/losses/test_shells.py checks that scaling each row leaves their loss unchanged.
 SCALE_FREE_LOSSES = frozenset(
     {
         losses.MultipleNegativesRankingLoss,
@@ -239,6 +240,9 @@ class ShellSimilarity:
         self.dim: int | None = None
         self.recording = True
         self.index = 0
+        # set by MatryoshkaLoss: the inner loss reads only these cosines (reads_only_cosines), so its prefixes need no
+        # renormalising
+        self.scale_free = False
 
     def start(self, dim: int) -> None:
         self.dim = dim

@@ -266,14 +266,11 @@ class MatryoshkaLoss(nn.Module):
         elif self.heads is None and computes_from_embeddings(type(self.loss)):
             embeddings = embed_columns(self.model, sentence_features)  # one (B, D) tensor per column
             losses = {}
-            scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity_fct
             with self._shells(active) as shells:
-                # served shell by shell to a loss that reads only cosines, a prefix needs no renormalising
-                raw = shells is not None and scale_free
                 for dim, weight in active:
                     if shells is not None:
                         shells.start(dim)
-                    truncated = [embedding[:, :dim] if raw else truncate(embedding, dim) for embedding in embeddings]
+                    truncated = [_prefix(embedding, dim, shells) for embedding in embeddings]
                     losses[dim] = weight * self.loss.compute_loss_from_embeddings(
                         truncated, self._dim_labels(labels, dim)
                     )
@@ -307,6 +304,7 @@ class MatryoshkaLoss(nn.Module):
             yield None
             return
         shells = ShellSimilarity(target.function, [dim for dim, _ in active], target.kind, target.eps)
+        shells.scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity
         with patched(target.owner, target.name, shells):
             yield shells
 
@@ -386,13 +384,12 @@ class MatryoshkaLoss(nn.Module):
         full-size embeddings the encoder produced (one per call) and the shell similarities, if they served."""
         cached = CachedForward(self.model.forward)
         losses = {}
-        scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity
         with patched(self.model, "forward", cached), self._helpers_once() as helpers:
             with self._shells(active) as shells:
                 for dim, weight in active:
                     if shells is not None:
                         shells.start(dim)
-                    cached.start(dim, renormalise=not (shells is not None and scale_free))
+                    cached.start(dim, renormalise=not (shells is not None and shells.scale_free))
                     helpers.start()
                     with self._head(dim):
                         losses[dim] = weight * self.loss(sentence_features, self._dim_labels(labels, dim))
@@ -476,8 +473,8 @@ class MatryoshkaLoss(nn.Module):
     def _one_graph_bytes(self, reps: list[list[Tensor]], n_runs: int) -> int:
         """An upper estimate of the loss-side autograd memory of all runs at once: four float32 ``(B, C)`` score
         matrices per run and similarity direction (scores, shell sums, the softmax's input and output; GIST's guide
-        matrices are no larger), ``B`` this process's anchors, ``C`` the candidates of every process. Measured on CMNRL, the saved tensors come to about
-        3.5 of them."""
+        matrices are no larger), ``B`` this process's anchors, ``C`` the candidates of every process. Measured on
+        CMNRL, the saved tensors come to about 3.5 of them."""
         anchors = sum(len(rep) for rep in reps[0])
         world = torch.distributed.get_world_size() if _gathers(self.loss) else 1
         candidates = world * sum(len(rep) for column in reps[1:] for rep in column) or anchors
@@ -493,13 +490,11 @@ class MatryoshkaLoss(nn.Module):
         run, reps, active, runs = step.run, step.reps, step.active, step.runs
         per_dim, distilled, quantized = step.per_dim, step.distilled, step.quantized
         total = 0.0
-        scale_free = reads_only_cosines(self.loss)  # read before the shells stand in for its similarity_fct
         with self._shells(active) as shells:
-            raw = shells is not None and scale_free  # then a prefix needs no renormalising
             for dim, weight in active:
                 if shells is not None:
                     shells.start(dim)
-                prefixes = [[rep[:, :dim] if raw else truncate(rep, dim) for rep in column] for column in reps]
+                prefixes = [[_prefix(rep, dim, shells) for rep in column] for column in reps]
                 per_dim[dim] = weight * run(prefixes)
                 total = total + per_dim[dim]
         for dim, factor, precision in runs[len(active) :]:
@@ -635,6 +630,15 @@ class _GradientCacheStep:
     per_dim: dict[int, Tensor]
     distilled: dict[int, Tensor]
     quantized: dict[str, Tensor]
+
+
+def _prefix(embeddings: Tensor, dim: int, shells: ShellSimilarity | None) -> Tensor:
+    """The first ``dim`` coordinates as the inner loss gets them: renormalised (:func:`truncate`), or as they are when
+    the shells serve a loss that reads them only through cosines (``shells.scale_free``), which ignore a row's
+    length."""
+    if shells is not None and shells.scale_free:
+        return embeddings[..., :dim]
+    return truncate(embeddings, dim)
 
 
 def _gathers(loss: nn.Module) -> bool:
