@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--shells-off", action="store_true", help="add ours as before the shells")
     parser.add_argument("--top", type=int, default=0, help="also print the N operations ours adds most of, per loss")
     args = parser.parse_args()
-    args.encoder, args.naive = "transformer", False
+    args.encoder, args.naive, args.only = "transformer", False, None
 
     torch.manual_seed(0)
     model = load_model(args, "cpu")
